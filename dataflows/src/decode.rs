@@ -1,0 +1,600 @@
+//! Decoding and validation: raw bytes at an ingestion time become an [`Event`] or a
+//! [`Reject`] with a [`RejectReason`].
+//!
+//! Properties a test can check:
+//! - [`decode`] never panics, whatever the bytes.
+//! - Every record yields exactly one of `Ok(event)` or `Err(reject)`, and a reject keeps
+//!   the raw bytes unchanged.
+//! - The outcome depends only on the record, its ingestion time and the
+//!   [`DecodeConfig`]: decoding is deterministic and order-independent.
+//!
+//! Three formats share the validation rules: JSON lines (the schema in the README), the
+//! REES46 clickstream CSV and CDNOW transaction rows (see [`Format`]).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::event::{Device, Event, EventType, Geo, Utm};
+use crate::time::{parse_timestamp, Millis, Time};
+
+/// How the bytes of a record are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON object per record (the README's schema).
+    Json,
+    /// A row of the REES46 clickstream CSV:
+    /// `event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session`.
+    Rees46,
+    /// A row of the CDNOW transaction file: `customer sample_id YYYYMMDD cds dollars`.
+    Cdnow,
+}
+
+/// A record as it arrived: its format, its position in its source (a line number or an
+/// offset, used to derive ids where the format has none) and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RawRecord {
+    /// Layout of `bytes`.
+    pub format: Format,
+    /// Position in the source (line number for files).
+    pub position: u64,
+    /// The bytes as received, without the line terminator.
+    pub bytes: Vec<u8>,
+}
+
+impl RawRecord {
+    /// A JSON record.
+    pub fn json(position: u64, bytes: impl Into<Vec<u8>>) -> Self {
+        RawRecord { format: Format::Json, position, bytes: bytes.into() }
+    }
+}
+
+/// Why a record was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not valid JSON / not a well-formed row.
+    Malformed,
+    /// A required field is absent or null.
+    MissingField,
+    /// A field has the wrong type.
+    BadType,
+    /// `event_type` is not one of the known types.
+    UnknownEventType,
+    /// `event_ts` is not a valid timestamp, is outside the accepted years, or lies too far
+    /// in the future of its ingestion time.
+    TimestampOutOfRange,
+    /// An amount is negative, not finite, or too large.
+    BadAmount,
+    /// The record is larger than the configured maximum.
+    Oversized,
+    /// Another delivery with the same `event_id` was kept.
+    Duplicate,
+    /// The event is older than the retention horizon at its ingestion time.
+    TooLate,
+}
+
+impl RejectReason {
+    /// Every reason.
+    pub const ALL: [RejectReason; 9] = [
+        RejectReason::Malformed,
+        RejectReason::MissingField,
+        RejectReason::BadType,
+        RejectReason::UnknownEventType,
+        RejectReason::TimestampOutOfRange,
+        RejectReason::BadAmount,
+        RejectReason::Oversized,
+        RejectReason::Duplicate,
+        RejectReason::TooLate,
+    ];
+
+    /// The snake_case name used in views and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::BadType => "bad_type",
+            RejectReason::UnknownEventType => "unknown_event_type",
+            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
+            RejectReason::BadAmount => "bad_amount",
+            RejectReason::Oversized => "oversized",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::TooLate => "too_late",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A rejected record: why, a human-readable detail, and the bytes as received.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Reject {
+    /// The reason class (what `rejected_by_reason` counts).
+    pub reason: RejectReason,
+    /// What exactly was wrong, e.g. `missing field user_id`.
+    pub detail: String,
+    /// Ingestion time of the record.
+    pub ingest_time: Time,
+    /// Format of the record.
+    pub format: Format,
+    /// Position of the record in its source.
+    pub position: u64,
+    /// The raw bytes (for duplicates: the canonical JSON of the duplicate delivery).
+    pub raw: Vec<u8>,
+}
+
+/// Validation limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeConfig {
+    /// Records larger than this many bytes are rejected as `oversized`.
+    pub max_record_bytes: usize,
+    /// How far back event time may lie behind ingestion time (ms); older is `too_late`.
+    /// Accepted events also leave the views once ingestion time passes
+    /// `event_ts + retention_ms`.
+    pub retention_ms: u64,
+    /// How far event time may lie ahead of ingestion time (ms).
+    pub max_future_ms: u64,
+    /// Earliest accepted event time (inclusive).
+    pub min_event_ts: Millis,
+    /// Latest accepted event time (exclusive).
+    pub max_event_ts: Millis,
+    /// Largest accepted amount in cents.
+    pub max_amount_cents: i64,
+    /// Largest accepted quantity.
+    pub max_quantity: u32,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            max_record_bytes: 64 * 1024,
+            retention_ms: 7 * 86_400_000,
+            max_future_ms: 3_600_000,
+            // 1990-01-01T00:00:00Z .. 2100-01-01T00:00:00Z (CDNOW is from 1997)
+            min_event_ts: 631_152_000_000,
+            max_event_ts: 4_102_444_800_000,
+            max_amount_cents: 1_000_000_000_00,
+            max_quantity: 1_000_000,
+        }
+    }
+}
+
+impl DecodeConfig {
+    /// The time at which an event with this event time leaves the views: the first
+    /// ingestion time at which it would be `too_late`.
+    pub fn expiry(&self, event_ts: Millis) -> Time {
+        let end = event_ts.saturating_add(self.retention_ms.min(i64::MAX as u64) as i64);
+        end.max(0) as Time
+    }
+}
+
+/// A failed check, before it is attached to the record.
+struct Invalid(RejectReason, String);
+
+impl Invalid {
+    fn missing(field: &str) -> Self {
+        Invalid(RejectReason::MissingField, format!("missing field {field}"))
+    }
+}
+
+/// Decodes and validates one record ingested at `ingest_time`.
+pub fn decode(record: &RawRecord, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Reject> {
+    let checked = if record.bytes.len() > config.max_record_bytes {
+        Err(Invalid(
+            RejectReason::Oversized,
+            format!("record has {} bytes, the limit is {}", record.bytes.len(), config.max_record_bytes),
+        ))
+    } else {
+        let parsed = match record.format {
+            Format::Json => decode_json(&record.bytes),
+            Format::Rees46 => decode_rees46(&record.bytes, record.position),
+            Format::Cdnow => decode_cdnow(&record.bytes, record.position),
+        };
+        parsed.and_then(|event| validate(event, ingest_time, config))
+    };
+    checked.map_err(|Invalid(reason, detail)| Reject {
+        reason,
+        detail,
+        ingest_time,
+        format: record.format,
+        position: record.position,
+        raw: record.bytes.clone(),
+    })
+}
+
+/// The event time of a record, if it can be read: replay clocks use it to assign
+/// ingestion times to historical files. Never fails loudly: a record whose time cannot
+/// be read simply does not move the clock (and is rejected later by [`decode`]).
+pub fn peek_event_ts(record: &RawRecord) -> Option<Millis> {
+    match record.format {
+        Format::Json => {
+            #[derive(Deserialize)]
+            struct TsOnly<'a> {
+                #[serde(borrow)]
+                event_ts: Option<Cow<'a, str>>,
+            }
+            let ts: TsOnly<'_> = serde_json::from_slice(&record.bytes).ok()?;
+            parse_timestamp(&ts.event_ts?)
+        }
+        Format::Rees46 => {
+            let text = std::str::from_utf8(&record.bytes).ok()?;
+            parse_timestamp(text.split(',').next()?)
+        }
+        Format::Cdnow => {
+            let text = std::str::from_utf8(&record.bytes).ok()?;
+            cdnow_date(text.split_whitespace().nth(2)?)
+        }
+    }
+}
+
+fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Invalid> {
+    let ts = event.event_ts;
+    if ts < config.min_event_ts || ts >= config.max_event_ts {
+        return Err(Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {ts} ms is outside the accepted years")));
+    }
+    let ingest = i64::try_from(ingest_time).unwrap_or(i64::MAX);
+    if ts > ingest.saturating_add(config.max_future_ms as i64) {
+        return Err(Invalid(
+            RejectReason::TimestampOutOfRange,
+            format!("event_ts lies {} ms after its ingestion time", ts - ingest),
+        ));
+    }
+    if config.expiry(ts) <= ingest_time {
+        return Err(Invalid(
+            RejectReason::TooLate,
+            format!("event_ts lies {} ms before its ingestion time, retention is {} ms", ingest - ts, config.retention_ms),
+        ));
+    }
+    if event.quantity == 0 || event.quantity > config.max_quantity {
+        return Err(Invalid(RejectReason::BadAmount, format!("quantity {} is not in 1..={}", event.quantity, config.max_quantity)));
+    }
+    if let Some(p) = event.price_cents {
+        if p > config.max_amount_cents || event.amount_cents() > config.max_amount_cents {
+            return Err(Invalid(RejectReason::BadAmount, format!("amount {p} cents exceeds the limit")));
+        }
+    }
+    if event.event_type.needs_amount() && event.price_cents.is_none() {
+        return Err(Invalid::missing("price"));
+    }
+    if event.event_type.needs_product() && event.product_id.is_none() {
+        return Err(Invalid::missing("product_id"));
+    }
+    if event.event_type == EventType::Retraction && event.retracts.is_none() {
+        return Err(Invalid::missing("retracts"));
+    }
+    if event.retracts.as_deref() == Some(event.event_id.as_str()) {
+        return Err(Invalid(RejectReason::BadType, "an event cannot retract itself".into()));
+    }
+    Ok(event)
+}
+
+/// Converts a decimal amount to cents, rejecting what cannot be money.
+fn to_cents(value: f64, field: &str) -> Result<i64, Invalid> {
+    if !value.is_finite() {
+        return Err(Invalid(RejectReason::BadAmount, format!("{field} is not finite")));
+    }
+    if value < 0.0 {
+        return Err(Invalid(RejectReason::BadAmount, format!("{field} {value} is negative")));
+    }
+    let cents = (value * 100.0).round();
+    if cents >= 9.0e15 {
+        return Err(Invalid(RejectReason::BadAmount, format!("{field} {value} is too large")));
+    }
+    Ok(cents as i64)
+}
+
+fn to_micro_degrees(value: Option<f64>, limit: f64, field: &str) -> Result<Option<i32>, Invalid> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v.abs() <= limit => Ok(Some((v * 1e6).round() as i32)),
+        Some(v) => Err(Invalid(RejectReason::BadType, format!("{field} {v} is not a coordinate"))),
+    }
+}
+
+/// An identifier given as a JSON string or integer.
+struct Id<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl<'de> serde::de::Visitor<'de> for IdVisitor {
+            type Value = Id<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Id(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Id(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Id(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Id(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+struct WireUtm<'a> {
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    medium: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    campaign: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireDevice<'a> {
+    #[serde(borrow)]
+    os: Option<Cow<'a, str>>,
+    mobile: Option<bool>,
+    #[serde(borrow)]
+    device_id: Option<Id<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireGeo<'a> {
+    #[serde(borrow)]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    city: Option<Cow<'a, str>>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow)]
+    event_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_ts: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    session_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    product_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    category: Option<Cow<'a, str>>,
+    price: Option<f64>,
+    quantity: Option<u32>,
+    #[serde(borrow)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    order_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    utm: Option<WireUtm<'a>>,
+    #[serde(borrow)]
+    device: Option<WireDevice<'a>>,
+    #[serde(borrow)]
+    geo: Option<WireGeo<'a>>,
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    card_id: Option<Id<'a>>,
+    #[serde(borrow)]
+    retracts: Option<Id<'a>>,
+}
+
+fn own(v: Option<Cow<'_, str>>) -> Option<String> {
+    v.map(Cow::into_owned)
+}
+
+fn own_id(v: Option<Id<'_>>) -> Option<String> {
+    v.map(|id| id.0.into_owned())
+}
+
+fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
+    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => RejectReason::BadType,
+            _ => RejectReason::Malformed,
+        };
+        Invalid(reason, e.to_string())
+    })?;
+    let event_id = wire.event_id.ok_or_else(|| Invalid::missing("event_id"))?.0;
+    let type_name = wire.event_type.ok_or_else(|| Invalid::missing("event_type"))?;
+    let ts_text = wire.event_ts.ok_or_else(|| Invalid::missing("event_ts"))?;
+    let user_id = wire.user_id.ok_or_else(|| Invalid::missing("user_id"))?.0;
+    if event_id.is_empty() {
+        return Err(Invalid::missing("event_id"));
+    }
+    if user_id.is_empty() {
+        return Err(Invalid::missing("user_id"));
+    }
+    let event_type = EventType::from_name(&type_name)
+        .ok_or_else(|| Invalid(RejectReason::UnknownEventType, format!("unknown event_type {type_name:?}")))?;
+    let event_ts = parse_timestamp(&ts_text)
+        .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {ts_text:?} is not an RFC 3339 time")))?;
+    let price_cents = wire.price.map(|p| to_cents(p, "price")).transpose()?;
+    let geo = match wire.geo {
+        None => None,
+        Some(g) => Some(Geo {
+            country: own(g.country),
+            city: own(g.city),
+            lat_e6: to_micro_degrees(g.lat, 90.0, "geo.lat")?,
+            lon_e6: to_micro_degrees(g.lon, 180.0, "geo.lon")?,
+        }),
+    };
+    Ok(Event {
+        event_ts,
+        event_id: event_id.into_owned(),
+        event_type,
+        user_id: user_id.into_owned(),
+        session_id: own_id(wire.session_id).filter(|s| !s.is_empty()),
+        product_id: own_id(wire.product_id),
+        category: own(wire.category).filter(|c| !c.is_empty()),
+        price_cents,
+        quantity: wire.quantity.unwrap_or(1),
+        currency: own(wire.currency),
+        order_id: own_id(wire.order_id),
+        utm: wire.utm.map(|u| Utm { source: own(u.source), medium: own(u.medium), campaign: own(u.campaign) }),
+        device: wire.device.map(|d| Device { os: own(d.os), mobile: d.mobile, device_id: own_id(d.device_id) }),
+        geo,
+        ip: own(wire.ip),
+        card_id: own_id(wire.card_id),
+        retracts: own_id(wire.retracts),
+    })
+}
+
+/// The REES46 header row (files start with it; readers skip it).
+pub const REES46_HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session";
+
+/// A REES46 row. Event ids are `rees46:<line>`; `view` becomes `product_view`, `cart`
+/// becomes `add_to_cart`; the category is `category_code` (absent when empty).
+fn decode_rees46(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
+    let fields: Vec<&str> = text.split(',').collect();
+    if fields.len() != 9 {
+        return Err(Invalid(RejectReason::Malformed, format!("row has {} fields, REES46 rows have 9", fields.len())));
+    }
+    let [time, kind, product, _category_id, category_code, _brand, price, user, session] =
+        <[&str; 9]>::try_from(fields).expect("length checked above");
+    let event_type = match kind {
+        "view" => EventType::ProductView,
+        "cart" => EventType::AddToCart,
+        "remove_from_cart" => EventType::RemoveFromCart,
+        "purchase" => EventType::Purchase,
+        other => return Err(Invalid(RejectReason::UnknownEventType, format!("unknown REES46 event_type {other:?}"))),
+    };
+    let event_ts = parse_timestamp(time)
+        .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_time {time:?} is not a time")))?;
+    let price: f64 = price.parse().map_err(|_| Invalid(RejectReason::BadType, format!("price {price:?} is not a number")))?;
+    if user.is_empty() {
+        return Err(Invalid::missing("user_id"));
+    }
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let mut event = Event::new(format!("rees46:{position}"), event_type, event_ts, user);
+    event.session_id = non_empty(session);
+    event.product_id = non_empty(product);
+    event.category = non_empty(category_code);
+    event.price_cents = Some(to_cents(price, "price")?);
+    Ok(event)
+}
+
+fn cdnow_date(text: &str) -> Option<Millis> {
+    let b = text.as_bytes();
+    if b.len() != 8 {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    let month = digits(&b[4..6])?;
+    let day = digits(&b[6..8])?;
+    parse_timestamp(&format!("{year:04}-{month:02}-{day:02}T00:00:00Z"))
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0')))
+}
+
+/// A CDNOW row becomes a purchase at midnight UTC of its day: user `cdnow:<customer id>`,
+/// one order of `dollars` (price = total, quantity 1), event id `cdnow:<line>`.
+fn decode_cdnow(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [customer, _sample, date, cds, dollars] = <[&str; 5]>::try_from(fields)
+        .map_err(|f| Invalid(RejectReason::Malformed, format!("row has {} fields, CDNOW rows have 5", f.len())))?;
+    let event_ts = cdnow_date(date)
+        .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("date {date:?} is not YYYYMMDD")))?;
+    let _: u32 = cds.parse().map_err(|_| Invalid(RejectReason::BadType, format!("cd count {cds:?} is not an integer")))?;
+    let dollars: f64 = dollars.parse().map_err(|_| Invalid(RejectReason::BadType, format!("amount {dollars:?} is not a number")))?;
+    let mut event = Event::new(format!("cdnow:{position}"), EventType::Purchase, event_ts, format!("cdnow:{customer}"));
+    event.price_cents = Some(to_cents(dollars, "amount")?);
+    event.order_id = Some(format!("cdnow:{position}"));
+    event.currency = Some("USD".into());
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Time = 1_700_000_000_000;
+
+    fn json(text: &str) -> Result<Event, Reject> {
+        decode(&RawRecord::json(1, text), T, &DecodeConfig::default())
+    }
+
+    fn reason(text: &str) -> RejectReason {
+        json(text).expect_err("must be rejected").reason
+    }
+
+    const OK: &str = r#"{"event_id":"e1","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":42,"price":19.99,"quantity":2,"geo":{"country":"DE","lat":52.52,"lon":13.405},"utm":{"source":"google"}}"#;
+
+    #[test]
+    fn accepts_a_full_event() {
+        let e = json(OK).expect("valid");
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.user_id, "42");
+        assert_eq!(e.event_type, EventType::Purchase);
+        assert_eq!(e.event_ts, 1_700_000_000_000);
+        assert_eq!(e.amount_cents(), 3998);
+        assert_eq!(e.country(), Some("DE"));
+        assert_eq!(e.geo.as_ref().and_then(|g| g.lat_e6), Some(52_520_000));
+        assert_eq!(e.utm_source(), Some("google"));
+        // The canonical form decodes to the same event.
+        assert_eq!(json(&e.to_json()).expect("canonical form is valid"), e);
+    }
+
+    #[test]
+    fn classifies_every_reason() {
+        assert_eq!(reason("{not json"), RejectReason::Malformed);
+        assert_eq!(reason(""), RejectReason::Malformed);
+        assert_eq!(reason(r#"{"event_type":"page_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":"u"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"page_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u","price":"x"}"#), RejectReason::BadType);
+        assert_eq!(reason(r#"{"event_id":["e"],"event_type":"page_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u"}"#), RejectReason::BadType);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"teleport","event_ts":"2023-11-14T22:13:20Z","user_id":"u"}"#), RejectReason::UnknownEventType);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"page_view","event_ts":"yesterday","user_id":"u"}"#), RejectReason::TimestampOutOfRange);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"page_view","event_ts":"1989-12-31T23:59:59Z","user_id":"u"}"#), RejectReason::TimestampOutOfRange);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"page_view","event_ts":"2023-11-15T22:13:20Z","user_id":"u"}"#), RejectReason::TimestampOutOfRange);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"page_view","event_ts":"2023-11-01T22:13:20Z","user_id":"u"}"#), RejectReason::TooLate);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":"u","price":-1}"#), RejectReason::BadAmount);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":"u","price":1e300}"#), RejectReason::BadAmount);
+        assert_eq!(reason(r#"{"event_id":"e","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":"u","price":1,"quantity":0}"#), RejectReason::BadAmount);
+        let big = format!(r#"{{"event_id":"e","event_type":"page_view","event_ts":"2023-11-14T22:13:20Z","user_id":"{}"}}"#, "u".repeat(70_000));
+        assert_eq!(reason(&big), RejectReason::Oversized);
+    }
+
+    #[test]
+    fn a_reject_keeps_its_bytes() {
+        let raw = b"\xff\xfe garbage".to_vec();
+        let rej = decode(&RawRecord::json(7, raw.clone()), T, &DecodeConfig::default()).expect_err("garbage");
+        assert_eq!(rej.raw, raw);
+        assert_eq!(rej.position, 7);
+        assert_eq!(rej.ingest_time, T);
+    }
+
+    #[test]
+    fn adapters() {
+        let row = RawRecord {
+            format: Format::Rees46,
+            position: 3,
+            bytes: b"2019-10-01 00:00:00 UTC,view,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,9333dfbd-b87a-4708-9857-6336556b0fcc".to_vec(),
+        };
+        let t = 1_569_888_000_000;
+        let e = decode(&row, t, &DecodeConfig::default()).expect("valid row");
+        assert_eq!((e.event_id.as_str(), e.event_type, e.price_cents), ("rees46:3", EventType::ProductView, Some(3320)));
+        assert_eq!(e.category.as_deref(), Some("appliances.environment.water_heater"));
+        assert_eq!(peek_event_ts(&row), Some(t as i64));
+        let cut = RawRecord { bytes: b"2019-10-01 02:50:00 UTC,view,10900305,2053013555069845885,appliances.kitchen.mixer,elenberg,25.71,520403300".to_vec(), ..row };
+        assert_eq!(decode(&cut, t, &DecodeConfig::default()).expect_err("cut row").reason, RejectReason::Malformed);
+        let cd = RawRecord { format: Format::Cdnow, position: 1, bytes: b" 00004 0001 19970101  2   29.33".to_vec() };
+        let e = decode(&cd, 852_076_800_000 + 1, &DecodeConfig::default()).expect("cdnow row");
+        assert_eq!((e.user_id.as_str(), e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
+    }
+}
