@@ -458,7 +458,7 @@ pub const REES46_HEADER: &str = "event_time,event_type,product_id,category_id,ca
 /// becomes `add_to_cart`; the category is `category_code` (absent when empty).
 fn decode_rees46(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
-    let fields: Vec<&str> = text.split(',').collect();
+    let fields: Vec<&str> = text.trim_end_matches(['\r', '\n']).split(',').collect();
     if fields.len() != 9 {
         return Err(Invalid(RejectReason::Malformed, format!("row has {} fields, REES46 rows have 9", fields.len())));
     }

@@ -1,1 +1,469 @@
-//! (being written)
+//! Row types of the views, and the aggregate types their sums are kept in.
+//!
+//! Every row is `Ord` and exchangeable, so it can live in a differential collection.
+//! Ratios (conversion rates, average order value) are not stored: they are derived from
+//! the exact integer counts when a row is shown ([`FunnelRow::rates`], [`KpiRow::rates`]),
+//! so no floating-point sum ever depends on update order.
+//!
+//! Windowed aggregates are kept as *difference types*: each session or event contributes
+//! a [`FunnelAgg`] or [`KpiAgg`] as the weight of its window key, and differential sums
+//! weights as it consolidates. An update therefore costs a constant amount of work per
+//! window, however many sessions the window holds.
+
+use std::collections::BTreeSet;
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventType};
+use crate::time::{Granularity, Millis};
+
+/// Sessions are split after this much inactivity when the shop sends no `session_id`.
+pub const SESSION_GAP_MS: Millis = 30 * 60 * 1000;
+
+/// The value used for a dimension that a session does not carry.
+pub const NONE_VALUE: &str = "(none)";
+
+/// One session of one user.
+///
+/// Key: `(user_id, session_id)`. A derived session (no `session_id` from the shop) is named
+/// `derived:<start ms>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionRow {
+    /// The user.
+    pub user_id: String,
+    /// The shop's session id, or `derived:<start ms>`.
+    pub session_id: String,
+    /// Event time of the first event.
+    pub start_ts: Millis,
+    /// Event time of the last event.
+    pub end_ts: Millis,
+    /// Number of events.
+    pub events: u64,
+    /// `page_view` events.
+    pub page_views: u64,
+    /// `product_view` events.
+    pub product_views: u64,
+    /// Distinct products with a `product_view`.
+    pub products_viewed: u64,
+    /// `add_to_cart` events.
+    pub cart_adds: u64,
+    /// `checkout` events.
+    pub checkouts: u64,
+    /// `purchase` events.
+    pub purchases: u64,
+    /// Distinct orders among the purchases (a purchase without `order_id` is its own order).
+    pub orders: u64,
+    /// Sum of purchase amounts (price × quantity), cents.
+    pub revenue_cents: i64,
+    /// Furthest ordered funnel step reached: 0 none, 1 view, 2 cart, 3 checkout, 4 purchase.
+    pub funnel_step: u8,
+    /// Country of the first event that has one.
+    pub country: Option<String>,
+    /// Device OS of the first event that has one.
+    pub device: Option<String>,
+    /// UTM source of the first event that has one.
+    pub utm_source: Option<String>,
+    /// Category of the first event that has one.
+    pub category: Option<String>,
+}
+
+/// The slice of an event that sessions need (smaller than [`Event`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// Event time (first, so that values sort by time).
+    pub event_ts: Millis,
+    /// Event type (second: at equal times, views sort before carts before purchases).
+    pub event_type: EventType,
+    /// Event id (third: a total, deterministic order).
+    pub event_id: String,
+    /// Shop session id.
+    pub session_id: Option<String>,
+    /// Product.
+    pub product_id: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// Order key of a purchase.
+    pub order_key: Option<String>,
+    /// Amount in cents.
+    pub amount_cents: i64,
+    /// Country.
+    pub country: Option<String>,
+    /// Device OS.
+    pub device: Option<String>,
+    /// UTM source.
+    pub utm_source: Option<String>,
+}
+
+impl From<&Event> for SessionEvent {
+    fn from(e: &Event) -> Self {
+        SessionEvent {
+            event_ts: e.event_ts,
+            event_type: e.event_type,
+            event_id: e.event_id.clone(),
+            session_id: e.session_id.clone(),
+            product_id: e.product_id.clone(),
+            category: e.category.clone(),
+            order_key: (e.event_type == EventType::Purchase).then(|| e.order_key().to_owned()),
+            amount_cents: e.amount_cents(),
+            country: e.country().map(str::to_owned),
+            device: e.device_os().map(str::to_owned),
+            utm_source: e.utm_source().map(str::to_owned),
+        }
+    }
+}
+
+/// Splits one user's events into sessions.
+///
+/// `events` must be sorted by (`event_ts`, `event_type`, `event_id`), as differential
+/// presents reduce inputs. Events with a `session_id` group by it; the others split where
+/// consecutive events lie more than [`SESSION_GAP_MS`] apart.
+pub fn sessionize(user_id: &str, events: &[&SessionEvent]) -> Vec<SessionRow> {
+    let mut given: Vec<(&str, Vec<&SessionEvent>)> = Vec::new();
+    let mut derived: Vec<Vec<&SessionEvent>> = Vec::new();
+    for &e in events {
+        match &e.session_id {
+            Some(id) => match given.iter_mut().find(|(g, _)| *g == id.as_str()) {
+                Some((_, group)) => group.push(e),
+                None => given.push((id, vec![e])),
+            },
+            None => match derived.last_mut() {
+                Some(group) if e.event_ts - group.last().expect("groups are never empty").event_ts <= SESSION_GAP_MS => group.push(e),
+                _ => derived.push(vec![e]),
+            },
+        }
+    }
+    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user_id, id.to_owned(), &group)).collect();
+    rows.extend(derived.into_iter().map(|group| summarize(user_id, format!("derived:{}", group[0].event_ts), &group)));
+    rows
+}
+
+fn summarize(user_id: &str, session_id: String, events: &[&SessionEvent]) -> SessionRow {
+    let first = |f: fn(&SessionEvent) -> &Option<String>| events.iter().find_map(|e| f(e).clone());
+    let mut row = SessionRow {
+        user_id: user_id.to_owned(),
+        session_id,
+        start_ts: events[0].event_ts,
+        end_ts: events[events.len() - 1].event_ts,
+        events: events.len() as u64,
+        page_views: 0,
+        product_views: 0,
+        products_viewed: 0,
+        cart_adds: 0,
+        checkouts: 0,
+        purchases: 0,
+        orders: 0,
+        revenue_cents: 0,
+        funnel_step: 0,
+        country: first(|e| &e.country),
+        device: first(|e| &e.device),
+        utm_source: first(|e| &e.utm_source),
+        category: first(|e| &e.category),
+    };
+    let mut products = BTreeSet::new();
+    let mut orders = BTreeSet::new();
+    for e in events {
+        match e.event_type {
+            EventType::PageView => row.page_views += 1,
+            EventType::ProductView => {
+                row.product_views += 1;
+                products.extend(e.product_id.as_deref());
+            }
+            EventType::AddToCart => row.cart_adds += 1,
+            EventType::Checkout => row.checkouts += 1,
+            EventType::Purchase => {
+                row.purchases += 1;
+                row.revenue_cents += e.amount_cents;
+                orders.extend(e.order_key.as_deref());
+            }
+            _ => {}
+        }
+        row.funnel_step = next_step(row.funnel_step, e.event_type);
+    }
+    row.products_viewed = products.len() as u64;
+    row.orders = orders.len() as u64;
+    row
+}
+
+/// The ordered funnel: the step after `step` if `event_type` is the next step's event.
+pub fn next_step(step: u8, event_type: EventType) -> u8 {
+    match (step, event_type) {
+        (0, t) if t.is_view() => 1,
+        (1, EventType::AddToCart) => 2,
+        (2, EventType::Checkout) => 3,
+        (3, EventType::Purchase) => 4,
+        _ => step,
+    }
+}
+
+/// A funnel dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Every session (value `all`).
+    All,
+    /// The session's country.
+    Country,
+    /// The session's device OS.
+    Device,
+    /// The session's UTM source.
+    UtmSource,
+    /// The session's category (of its first event with one).
+    Category,
+}
+
+impl Dimension {
+    /// All dimensions the funnel is kept for.
+    pub const ALL: [Dimension; 5] = [Dimension::All, Dimension::Country, Dimension::Device, Dimension::UtmSource, Dimension::Category];
+
+    /// The dimension's value for a session.
+    pub fn value_of(self, s: &SessionRow) -> String {
+        let v = match self {
+            Dimension::All => return "all".to_owned(),
+            Dimension::Country => &s.country,
+            Dimension::Device => &s.device,
+            Dimension::UtmSource => &s.utm_source,
+            Dimension::Category => &s.category,
+        };
+        v.clone().unwrap_or_else(|| NONE_VALUE.to_owned())
+    }
+}
+
+/// Key of the `funnel` view.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FunnelKey {
+    /// Window size.
+    pub granularity: Granularity,
+    /// Window start (event time, ms).
+    pub window_start: Millis,
+    /// Dimension.
+    pub dimension: Dimension,
+    /// Dimension value (`all` for [`Dimension::All`], `(none)` when absent).
+    pub value: String,
+}
+
+/// Every funnel key a session counts under: one per granularity and dimension, in the
+/// window that contains the session's start.
+pub fn funnel_keys(s: &SessionRow) -> impl Iterator<Item = FunnelKey> + '_ {
+    Granularity::ALL.into_iter().flat_map(move |g| {
+        Dimension::ALL.into_iter().map(move |d| FunnelKey {
+            granularity: g,
+            window_start: g.window_start(s.start_ts),
+            dimension: d,
+            value: d.value_of(s),
+        })
+    })
+}
+
+/// Implements differential's difference traits for a struct of `i64` counters.
+macro_rules! counter_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name { $($(#[$fmeta])* pub $field: i64),* }
+
+        impl IsZero for $name {
+            fn is_zero(&self) -> bool { $(self.$field == 0)&&* }
+        }
+        impl Semigroup for $name {
+            fn plus_equals(&mut self, rhs: &Self) { $(self.$field += rhs.$field;)* }
+        }
+        impl Monoid for $name {
+            fn zero() -> Self { Self::default() }
+        }
+        impl Abelian for $name {
+            fn negate(&mut self) { $(self.$field = -self.$field;)* }
+        }
+        impl Multiply<isize> for $name {
+            type Output = Self;
+            fn multiply(self, rhs: &isize) -> Self {
+                let k = *rhs as i64;
+                Self { $($field: self.$field * k),* }
+            }
+        }
+    };
+}
+
+counter_struct! {
+    /// The sums behind one funnel row.
+    FunnelAgg {
+        /// Sessions that started in the window.
+        sessions,
+        /// Sessions that reached the view step.
+        reached_view,
+        /// Sessions that reached the cart step (after a view).
+        reached_cart,
+        /// Sessions that reached checkout (after a cart add).
+        reached_checkout,
+        /// Sessions that reached purchase (after checkout).
+        reached_purchase,
+        /// Sessions with at least one purchase, in funnel order or not.
+        purchasing_sessions,
+        /// Orders of those sessions.
+        orders,
+        /// Revenue of those sessions, cents.
+        revenue_cents,
+        /// Distinct users among those sessions.
+        unique_users,
+    }
+}
+
+impl FunnelAgg {
+    /// The contribution of one session (everything but `unique_users`).
+    pub fn of_session(s: &SessionRow) -> Self {
+        let step = i64::from(s.funnel_step);
+        FunnelAgg {
+            sessions: 1,
+            reached_view: i64::from(step >= 1),
+            reached_cart: i64::from(step >= 2),
+            reached_checkout: i64::from(step >= 3),
+            reached_purchase: i64::from(step >= 4),
+            purchasing_sessions: i64::from(s.purchases > 0),
+            orders: s.orders as i64,
+            revenue_cents: s.revenue_cents,
+            unique_users: 0,
+        }
+    }
+}
+
+/// One row of the `funnel` view.
+pub type FunnelRow = (FunnelKey, FunnelAgg);
+
+/// Derived ratios of a funnel or KPI row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rates {
+    /// reached_cart / reached_view.
+    pub view_to_cart: Option<f64>,
+    /// reached_checkout / reached_cart.
+    pub cart_to_checkout: Option<f64>,
+    /// reached_purchase / reached_checkout.
+    pub checkout_to_purchase: Option<f64>,
+    /// purchasing sessions / sessions.
+    pub conversion: Option<f64>,
+    /// Average order value in currency units: revenue / orders.
+    pub aov: Option<f64>,
+}
+
+fn ratio(num: i64, den: i64) -> Option<f64> {
+    (den != 0).then(|| num as f64 / den as f64)
+}
+
+impl FunnelAgg {
+    /// Step conversion rates, conversion and AOV (None where the denominator is 0).
+    pub fn rates(&self) -> Rates {
+        Rates {
+            view_to_cart: ratio(self.reached_cart, self.reached_view),
+            cart_to_checkout: ratio(self.reached_checkout, self.reached_cart),
+            checkout_to_purchase: ratio(self.reached_purchase, self.reached_checkout),
+            conversion: ratio(self.purchasing_sessions, self.sessions),
+            aov: ratio(self.revenue_cents, self.orders).map(|c| c / 100.0),
+        }
+    }
+}
+
+/// Key of the `kpis` view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KpiKey {
+    /// Window size.
+    pub granularity: Granularity,
+    /// Window start (event time, ms).
+    pub window_start: Millis,
+}
+
+counter_struct! {
+    /// The headline numbers of one window.
+    ///
+    /// Event counts, orders and revenue are by *event time* of each event; sessions,
+    /// purchasing sessions and unique users by the window of each session's start (as in
+    /// the funnel's `all` row).
+    KpiAgg {
+        /// Valid events in the window.
+        events,
+        /// `page_view` events.
+        page_views,
+        /// `product_view` events.
+        product_views,
+        /// `add_to_cart` events.
+        cart_adds,
+        /// `remove_from_cart` events.
+        cart_removes,
+        /// `checkout` events.
+        checkouts,
+        /// `purchase` events.
+        purchases,
+        /// Distinct orders among the window's purchases.
+        orders,
+        /// Purchase revenue, cents.
+        revenue_cents,
+        /// `refund` events.
+        refunds,
+        /// Refunded amount, cents.
+        refund_cents,
+        /// `payment` events.
+        payments,
+        /// Paid amount, cents.
+        payment_cents,
+        /// Sessions that started in the window.
+        sessions,
+        /// Of those, sessions with a purchase.
+        purchasing_sessions,
+        /// Distinct users among those sessions.
+        unique_users,
+    }
+}
+
+impl KpiAgg {
+    /// The contribution of one event (its counts and amounts).
+    pub fn of_event(e: &Event) -> Self {
+        let mut k = KpiAgg { events: 1, ..KpiAgg::default() };
+        let amount = e.amount_cents();
+        match e.event_type {
+            EventType::PageView => k.page_views = 1,
+            EventType::ProductView => k.product_views = 1,
+            EventType::AddToCart => k.cart_adds = 1,
+            EventType::RemoveFromCart => k.cart_removes = 1,
+            EventType::Checkout => k.checkouts = 1,
+            EventType::Purchase => {
+                k.purchases = 1;
+                k.revenue_cents = amount;
+            }
+            EventType::Refund => {
+                k.refunds = 1;
+                k.refund_cents = amount;
+            }
+            EventType::Payment => {
+                k.payments = 1;
+                k.payment_cents = amount;
+            }
+            EventType::Retraction => {}
+        }
+        k
+    }
+
+    /// The session-based part of a funnel `all` row.
+    pub fn of_funnel(f: &FunnelAgg) -> Self {
+        KpiAgg {
+            sessions: f.sessions,
+            purchasing_sessions: f.purchasing_sessions,
+            unique_users: f.unique_users,
+            ..KpiAgg::default()
+        }
+    }
+
+    /// Conversion (purchasing sessions / sessions) and AOV; step rates are not defined here.
+    pub fn rates(&self) -> Rates {
+        Rates {
+            view_to_cart: None,
+            cart_to_checkout: None,
+            checkout_to_purchase: None,
+            conversion: ratio(self.purchasing_sessions, self.sessions),
+            aov: ratio(self.revenue_cents, self.orders).map(|c| c / 100.0),
+        }
+    }
+}
+
+/// One row of the `kpis` view.
+pub type KpiRow = (KpiKey, KpiAgg);
+
+/// Key of a windowed distinct-order count: (granularity, window start, order key).
+pub type OrderInWindow = (Granularity, Millis, String);

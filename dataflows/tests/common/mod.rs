@@ -1,0 +1,200 @@
+//! Shared test support: a random record mix and a single-process dataflow runner.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use differential_dataflow::input::Input;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tidemark_dataflows::decode::RawRecord;
+use tidemark_dataflows::time::{format_timestamp, tick_ceil, Time};
+use tidemark_dataflows::views::{build, ViewConfig, ViewRow};
+
+/// One update of a view: row, time, diff.
+pub type Update = (ViewRow, Time, isize);
+
+/// 2026-11-01T00:00:00Z
+pub const BASE_MS: i64 = 1_793_491_200_000;
+
+/// A test configuration with a short retention, so expiry happens inside a test.
+pub fn test_config() -> ViewConfig {
+    let mut config = ViewConfig::default();
+    config.decode.retention_ms = 2 * 3_600_000;
+    config.decode.max_future_ms = 3_600_000;
+    config
+}
+
+/// A random mix of records over a few users: views, carts, checkouts, purchases with
+/// shared orders, payments and refunds; given and derived sessions; duplicates (same
+/// bytes re-delivered), corrections and cancellations (also of unknown or later ids),
+/// late, too-late and future events, and malformed records. Ingestion times are
+/// non-decreasing and on 10 ms ticks.
+pub fn random_records(seed: u64, n: usize) -> Vec<(RawRecord, Time)> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut out: Vec<(RawRecord, Time)> = Vec::with_capacity(n);
+    let mut clock = BASE_MS + 600_000;
+    let mut next_id = 0u64;
+    let types = ["page_view", "product_view", "product_view", "add_to_cart", "remove_from_cart", "checkout", "purchase", "purchase", "refund", "payment"];
+    for position in 0..n as u64 {
+        clock += rng.random_range(0..120_000);
+        let ingest = tick_ceil(clock as u64, 10);
+        let roll: f64 = rng.random();
+        let bytes: Vec<u8> = if roll < 0.10 && !out.is_empty() {
+            // A duplicate delivery: the same bytes again.
+            out[rng.random_range(0..out.len())].0.bytes.clone()
+        } else if roll < 0.15 {
+            match rng.random_range(0..5) {
+                0 => b"{\"event_id\": \"x\", \"event_type\": ".to_vec(),
+                1 => vec![0xff, 0x00, 0x13],
+                2 => format!(r#"{{"event_id":"m{position}","event_type":"page_view","event_ts":"{}"}}"#, format_timestamp(clock)).into_bytes(),
+                3 => format!(r#"{{"event_id":"m{position}","event_type":"warp","event_ts":"{}","user_id":"u1"}}"#, format_timestamp(clock)).into_bytes(),
+                _ => format!(r#"{{"event_id":"m{position}","event_type":"purchase","event_ts":"{}","user_id":"u1","price":-3}}"#, format_timestamp(clock)).into_bytes(),
+            }
+        } else {
+            let lag: i64 = match rng.random_range(0..100) {
+                0..80 => rng.random_range(0..300_000),
+                80..93 => rng.random_range(300_000..5_400_000),
+                93..97 => rng.random_range(7_200_000..10_800_000),
+                _ => -rng.random_range(0..7_200_000),
+            };
+            let ts = clock - lag;
+            next_id += 1;
+            let mut fields = vec![
+                format!(r#""event_id":"e{next_id}""#),
+                format!(r#""event_ts":"{}""#, format_timestamp(ts)),
+                format!(r#""user_id":"u{}""#, rng.random_range(0..6)),
+            ];
+            let kind = if roll < 0.20 { "retraction" } else { types[rng.random_range(0..types.len())] };
+            fields.push(format!(r#""event_type":"{kind}""#));
+            if kind == "retraction" || roll < 0.25 {
+                fields.push(format!(r#""retracts":"e{}""#, rng.random_range(1..next_id + 3)));
+            }
+            if rng.random_bool(0.4) {
+                fields.push(format!(r#""session_id":"s{}""#, rng.random_range(0..4)));
+            }
+            fields.push(format!(r#""product_id":"p{}""#, rng.random_range(0..5)));
+            if rng.random_bool(0.7) {
+                fields.push(format!(r#""category":"c{}""#, rng.random_range(0..3)));
+            }
+            fields.push(format!(r#""price":{}.{:02}"#, rng.random_range(0..100), rng.random_range(0..100)));
+            fields.push(format!(r#""quantity":{}"#, rng.random_range(1..4)));
+            if rng.random_bool(0.7) {
+                fields.push(format!(r#""order_id":"o{}""#, rng.random_range(0..6)));
+            }
+            if rng.random_bool(0.6) {
+                fields.push(format!(r#""geo":{{"country":"{}","lat":48.1,"lon":11.5}}"#, ["DE", "FR", "PL"][rng.random_range(0..3)]));
+            }
+            if rng.random_bool(0.6) {
+                fields.push(format!(r#""device":{{"os":"{}","mobile":true}}"#, ["ios", "android"][rng.random_range(0..2)]));
+            }
+            if rng.random_bool(0.5) {
+                fields.push(format!(r#""utm":{{"source":"{}"}}"#, ["google", "mail"][rng.random_range(0..2)]));
+            }
+            fields.shuffle(&mut rng);
+            format!("{{{}}}", fields.join(",")).into_bytes()
+        };
+        out.push((RawRecord::json(position, bytes), ingest));
+    }
+    out
+}
+
+/// The same records with ingestion times coarsened to `tick` ms (a different batching).
+pub fn rebatch(records: &[(RawRecord, Time)], tick: u64) -> Vec<(RawRecord, Time)> {
+    records.iter().map(|(r, t)| (r.clone(), tick_ceil(*t, tick))).collect()
+}
+
+/// Shuffles records that share an ingestion time (a different arrival order).
+pub fn shuffle_within_times(records: &mut [(RawRecord, Time)], seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut start = 0;
+    while start < records.len() {
+        let end = start + records[start..].iter().take_while(|(_, t)| *t == records[start].1).count();
+        records[start..end].shuffle(&mut rng);
+        start = end;
+    }
+}
+
+/// Runs the views over `records` (sorted by time) on `workers` threads of one process,
+/// stepping to completion at every few ingestion times (so that updates arrive in many
+/// small batches), and returns every view update.
+pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig) -> Vec<Update> {
+    let records = Arc::new(records.to_vec());
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let sink = updates.clone();
+    let config = config.clone();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let sink = sink.clone();
+        let config = config.clone();
+        let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+            let (input, records) = scope.new_collection::<RawRecord, isize>();
+            let (probe, _) = build(records, &config)
+                .rows()
+                .inspect(move |(row, t, d)| sink.lock().expect("no panics while holding the lock").push((row.clone(), *t, *d)))
+                .probe();
+            (input, probe)
+        });
+        let (index, peers) = (worker.index(), worker.peers());
+        let mut advances = 0usize;
+        for (i, (record, time)) in records.iter().enumerate() {
+            if *time > *input.time() {
+                input.advance_to(*time);
+                input.flush();
+                advances += 1;
+                if advances % (2 * peers) == 0 {
+                    worker.step_while(|| probe.less_than(input.time()));
+                } else {
+                    worker.step();
+                }
+            }
+            if i % peers == index {
+                input.insert(record.clone());
+            }
+        }
+        drop(input);
+        worker.step_while(|| !probe.done());
+    })
+    .expect("timely runs");
+    let updates = std::mem::take(&mut *updates.lock().expect("workers are done"));
+    updates
+}
+
+/// The contents at `t` of a list of updates.
+pub fn state_at(updates: &[Update], t: Time) -> BTreeMap<ViewRow, i64> {
+    let mut state = BTreeMap::new();
+    for (row, time, diff) in updates {
+        if *time <= t {
+            *state.entry(row.clone()).or_insert(0) += *diff as i64;
+        }
+    }
+    state.retain(|_, count| *count != 0);
+    state
+}
+
+/// Describes how two view states differ (empty when equal).
+pub fn difference(actual: &BTreeMap<ViewRow, i64>, expected: &BTreeMap<ViewRow, i64>) -> String {
+    let mut out = String::new();
+    for (row, count) in actual {
+        if expected.get(row) != Some(count) {
+            out += &format!("  dataflow has {count} x {row:?} (reference: {:?})\n", expected.get(row));
+        }
+    }
+    for (row, count) in expected {
+        if !actual.contains_key(row) {
+            out += &format!("  reference has {count} x {row:?}, dataflow none\n");
+        }
+    }
+    out
+}
+
+/// Times worth checking: every ingestion and update time, and one after the last.
+pub fn checkpoints(records: &[(RawRecord, Time)], updates: &[Update]) -> Vec<Time> {
+    let mut times: Vec<Time> = records.iter().map(|(_, t)| *t).chain(updates.iter().map(|(_, t, _)| *t)).collect();
+    times.sort_unstable();
+    times.dedup();
+    if let Some(last) = times.last().copied() {
+        times.push(last + 1);
+    }
+    times
+}
