@@ -68,6 +68,20 @@ pub struct SessionRow {
     pub category: Option<String>,
 }
 
+/// The arrangement key of an id: a fixed, process-independent 64-bit hash.
+///
+/// Arrangements are keyed by this hash rather than by the id itself, because comparing
+/// integers is much cheaper than comparing strings. The ids stay in the values, and every
+/// reduce groups by the real id, so two ids that share a hash share a key but are never
+/// merged: results stay exact.
+pub fn key_of(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new()` has fixed keys: the same id hashes alike in every process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The slice of an event that sessions need (smaller than [`Event`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionEvent {
@@ -77,6 +91,8 @@ pub struct SessionEvent {
     pub event_type: EventType,
     /// Event id (third: a total, deterministic order).
     pub event_id: String,
+    /// The user (several users may share an arrangement key).
+    pub user_id: std::sync::Arc<str>,
     /// Shop session id.
     pub session_id: Option<String>,
     /// Product.
@@ -101,6 +117,7 @@ impl From<&Event> for SessionEvent {
             event_ts: e.event_ts,
             event_type: e.event_type,
             event_id: e.event_id.clone(),
+            user_id: std::sync::Arc::from(e.user_id.as_str()),
             session_id: e.session_id.clone(),
             product_id: e.product_id.clone(),
             category: e.category.clone(),
@@ -111,6 +128,17 @@ impl From<&Event> for SessionEvent {
             utm_source: e.utm_source().map(str::to_owned),
         }
     }
+}
+
+/// Splits the events under one arrangement key into sessions, user by user.
+///
+/// `events` must be sorted as differential presents reduce inputs (see [`sessionize`]).
+pub fn sessionize_users(events: &[&SessionEvent]) -> Vec<SessionRow> {
+    let mut by_user: std::collections::BTreeMap<&str, Vec<&SessionEvent>> = std::collections::BTreeMap::new();
+    for &e in events {
+        by_user.entry(&e.user_id).or_default().push(e);
+    }
+    by_user.into_iter().flat_map(|(user, events)| sessionize(user, &events)).collect()
 }
 
 /// Splits one user's events into sessions.
@@ -253,6 +281,26 @@ pub fn funnel_keys(s: &SessionRow) -> impl Iterator<Item = FunnelKey> + '_ {
             value: d.value_of(s),
         })
     })
+}
+
+/// The users' contributions to the funnel: for every user and every key any of the
+/// user's sessions counts under, the sum of those sessions' [`FunnelAgg::of_session`], with
+/// `unique_users` 1. Summing these over all users gives the funnel, distinct users
+/// included. Equal contributions of different users are merged into one with a count.
+pub fn user_funnel(sessions: &[SessionRow]) -> Vec<((FunnelKey, FunnelAgg), isize)> {
+    let mut by_user_key: std::collections::BTreeMap<(&str, FunnelKey), FunnelAgg> = std::collections::BTreeMap::new();
+    for s in sessions {
+        let agg = FunnelAgg::of_session(s);
+        for key in funnel_keys(s) {
+            let entry = by_user_key.entry((&s.user_id, key)).or_insert(FunnelAgg { unique_users: 1, ..FunnelAgg::default() });
+            entry.plus_equals(&agg);
+        }
+    }
+    let mut counted: std::collections::BTreeMap<(FunnelKey, FunnelAgg), isize> = std::collections::BTreeMap::new();
+    for ((_, key), agg) in by_user_key {
+        *counted.entry((key, agg)).or_insert(0) += 1;
+    }
+    counted.into_iter().collect()
 }
 
 /// Implements differential's difference traits for a struct of `i64` counters.

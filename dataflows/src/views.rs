@@ -17,24 +17,32 @@
 //!    first by (ingestion time, position, content) is kept, the others become
 //!    `duplicate` rejects. An event named in the `retracts` field of a live event is
 //!    removed, whichever arrived first. `retraction` events only remove.
-//! 4. **Views**: `sessions` (reduce by user), then `funnel` and `kpis`, whose sums are
-//!    kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
-//!    `count_total`, and `rejected_by_reason` over all rejects.
+//! 4. **Views**: `sessions` (reduce by user); `funnel`, summed from each user's
+//!    contribution (a second reduce over the same arrangement of events by user, so that
+//!    distinct users need no separate `distinct`); `kpis`; and `rejected_by_reason` over
+//!    all rejects. Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read
+//!    out with `count_total`.
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
-use crate::rows::{
-    funnel_keys, sessionize, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow,
-};
+use crate::rows::{key_of, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -71,15 +79,15 @@ pub struct Arrival {
     pub ingest: Time,
     /// Position of the record in its source.
     pub position: u64,
-    /// The event.
-    pub event: Event,
+    /// The event (shared: arrangements clone it on every merge).
+    pub event: Arc<Event>,
 }
 
 /// What the dedup reduce sees under one `event_id`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Entry {
-    /// A live event (with this id) retracts the keyed event.
-    Cancel(String),
+    /// A live event retracts the event with this id.
+    Cancel(Arc<str>),
     /// A delivery of the keyed event.
     Delivery(Arrival),
 }
@@ -88,7 +96,7 @@ enum Entry {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum Outcome {
     /// The event is valid: it flows into the views.
-    Keep(Event),
+    Keep(Arc<Event>),
     /// A delivery that repeats an id already kept.
     Duplicate(Arrival),
 }
@@ -143,9 +151,9 @@ pub type ViewArrangement<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K,
 /// The views of one dataflow, each arranged by its key.
 pub struct Views<'scope> {
     /// Valid (deduplicated, not retracted, not expired) events, for later views.
-    pub events: VecCollection<'scope, Time, Event>,
-    /// `sessions`, keyed by user id.
-    pub sessions: ViewArrangement<'scope, String, SessionRow>,
+    pub events: VecCollection<'scope, Time, Arc<Event>>,
+    /// `sessions`, keyed by [`key_of`] the user id.
+    pub sessions: ViewArrangement<'scope, u64, SessionRow>,
     /// `funnel`, keyed by (granularity, window, dimension, value).
     pub funnel: ViewArrangement<'scope, FunnelKey, FunnelAgg>,
     /// `kpis`, keyed by (granularity, window).
@@ -174,18 +182,18 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
 
     let outcomes = arrivals
         .flat_map(|a: Arrival| {
-            let cancel = a.event.retracts.clone().map(|target| (target, Entry::Cancel(a.event.event_id.clone())));
-            cancel.into_iter().chain(Some((a.event.event_id.clone(), Entry::Delivery(a))))
+            let cancel = a.event.retracts.as_deref().map(|target| (key_of(target), Entry::Cancel(Arc::from(target))));
+            cancel.into_iter().chain(Some((key_of(&a.event.event_id), Entry::Delivery(a))))
         })
         .reduce_named("Reduce: dedup and retract by event_id", dedup);
     let events = outcomes.clone().flat_map(|(_, o)| match o {
         Outcome::Keep(e) => Some(e),
         Outcome::Duplicate(_) => None,
     });
-    let duplicates = outcomes.flat_map(|(id, o)| match o {
+    let duplicates = outcomes.flat_map(|(_, o)| match o {
         Outcome::Duplicate(a) => Some(Reject {
             reason: RejectReason::Duplicate,
-            detail: format!("event_id {id:?} was already delivered"),
+            detail: format!("event_id {:?} was already delivered", a.event.event_id),
             ingest_time: a.ingest,
             format: Format::Json,
             position: a.position,
@@ -194,26 +202,29 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         Outcome::Keep(_) => None,
     });
 
-    let sessions = events
+    let by_user = events
         .clone()
-        .map(|e| (e.user_id.clone(), SessionEvent::from(&e)))
-        .arrange_by_key_named("Arrange: events by user")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<String, SessionRow, Time, isize>, _, _>(
+        .map(|e| (key_of(&e.user_id), Arc::new(SessionEvent::from(&*e))))
+        .arrange_by_key_named("Arrange: events by user");
+    let sessions = by_user
+        .clone()
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
             "Reduce: sessions by user",
-            |user, input, output| {
-                let mut events = Vec::with_capacity(input.len());
-                for (e, count) in input {
-                    events.extend(std::iter::repeat_n(*e, (*count).max(0) as usize));
-                }
-                output.extend(sessionize(user, &events).into_iter().map(|s| (s, 1)));
-            },
-            |buffer, user, updates| {
-                buffer.clear();
-                buffer.extend(updates.drain(..).map(|(s, t, r)| ((user.clone(), s), t, r)));
-            },
+            |_key, input, output| output.extend(sessionize_users(&session_events(input)).into_iter().map(|s| (s, 1))),
+            push_keyed,
         );
+    // Each user's funnel contribution, from the same arrangement: a reduce emits only what
+    // changed, so an event that leaves a user's contribution as it was costs nothing here.
+    let funnel = by_user
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
+            "Reduce: funnel contribution by user",
+            |_key, input, output| output.extend(user_funnel(&sessionize_users(&session_events(input)))),
+            push_keyed,
+        )
+        .as_collection(|_, contribution| contribution.clone())
+        .explode(|(key, agg)| Some((key, agg)))
+        .count_total();
 
-    let funnel = funnel(sessions.clone().as_collection(|_, s| s.clone()));
     let kpis = kpis(events.clone(), funnel.clone());
 
     let rejects = rejects.concat(duplicates);
@@ -244,61 +255,123 @@ fn decode_and_expire<'scope>(
     let decode_config = config.decode.clone();
     let (oks, errs): (Stream<'scope, Time, Vec<(Arrival, Time, isize)>>, Stream<'scope, Time, Vec<(Reject, Time, isize)>>) =
         records.inner.ok_err(move |(record, time, diff)| match decode(&record, time, &decode_config) {
-            Ok(event) => Ok((Arrival { ingest: time, position: record.position, event }, time, diff)),
+            Ok(event) => Ok((Arrival { ingest: time, position: record.position, event: Arc::new(event) }, time, diff)),
             Err(reject) => Err((reject, time, diff)),
         });
     let cfg = config.clone();
-    let arrivals = oks
-        .flat_map(move |(a, time, diff)| {
-            let expiry = cfg.expiry(a.event.event_ts).max(time);
-            [(a.clone(), time, diff), (a, expiry, -diff)]
-        })
-        .as_collection();
+    let arrivals = oks.flat_map(move |(a, time, diff)| {
+        let expiry = cfg.expiry(a.event.event_ts).max(time);
+        [(a.clone(), time, diff), (a, expiry, -diff)]
+    });
     let cfg = config.clone();
-    let rejects = errs
-        .flat_map(move |(r, time, diff)| {
-            let expiry = cfg.reject_expiry(time);
-            [(r.clone(), time, diff), (r, expiry, -diff)]
-        })
-        .as_collection();
-    (arrivals, rejects)
+    let rejects = errs.flat_map(move |(r, time, diff)| {
+        let expiry = cfg.reject_expiry(time);
+        [(r.clone(), time, diff), (r, expiry, -diff)]
+    });
+    (
+        hold_future(arrivals, "Expire: events after retention").as_collection(),
+        hold_future(rejects, "Expire: rejects after retention").as_collection(),
+    )
 }
 
-/// The dedup reduce: keep the first live delivery unless a live event cancels it.
-fn dedup(_id: &String, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize)>) {
-    // Entries sort with cancels first, then deliveries by (ingest, position, event).
-    let cancelled = input.iter().any(|(e, count)| matches!(e, Entry::Cancel(_)) && *count > 0);
-    let mut deliveries = input.iter().filter_map(|(e, count)| match e {
-        Entry::Delivery(a) if *count > 0 => Some((a, *count)),
-        _ => None,
-    });
-    if let Some((first, count)) = deliveries.next() {
-        if !cancelled && first.event.event_type != EventType::Retraction {
-            output.push((Outcome::Keep(first.event.clone()), 1));
+/// Holds updates whose time lies in the future and releases each once the frontier has
+/// reached its time, behind a single capability at the earliest pending time.
+///
+/// Differential would accept future updates directly, but its batchers would then
+/// re-examine every pending one each time the frontier moves; held here, an update is
+/// touched once when it arrives and once when it is due.
+fn hold_future<'scope, D: Clone + 'static>(
+    stream: Stream<'scope, Time, Vec<(D, Time, isize)>>,
+    name: &str,
+) -> Stream<'scope, Time, Vec<(D, Time, isize)>> {
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<(D, Time, isize)>>, _, _, _>(Pipeline, name, |_, _| {
+        let mut pending: BTreeMap<Time, Vec<(D, Time, isize)>> = BTreeMap::new();
+        let mut held: Option<Capability<Time>> = None;
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(now) = cap.least().copied() else { return };
+                let mut due = Vec::new();
+                for (d, t, r) in data.drain(..) {
+                    if t <= now {
+                        due.push((d, t, r));
+                    } else {
+                        pending.entry(t).or_default().push((d, t, r));
+                    }
+                }
+                if !due.is_empty() {
+                    output.session(&cap.delayed(&now, 0)).give_iterator(due.into_iter());
+                }
+                if let Some(&first) = pending.keys().next() {
+                    if held.as_ref().is_none_or(|h| *h.time() > first) {
+                        held = Some(cap.delayed(&first, 0));
+                    }
+                }
+            });
+            while let Some((&time, _)) = pending.first_key_value() {
+                if frontier.less_than(&time) {
+                    break;
+                }
+                let updates = pending.remove(&time).expect("the first key exists");
+                let cap = held.as_ref().expect("a capability is held while updates are pending").delayed(&time);
+                output.session(&cap).give_iterator(updates.into_iter());
+            }
+            match (pending.keys().next(), &mut held) {
+                (Some(first), Some(h)) => h.downgrade(first),
+                _ => held = None,
+            }
         }
-        if count > 1 {
-            output.push((Outcome::Duplicate(first.clone()), count - 1));
+    })
+}
+
+/// The dedup reduce, for every id under one key: keep the first live delivery unless a
+/// live event cancels it; later deliveries are duplicates.
+fn dedup(_key: &u64, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize)>) {
+    // Entries sort with cancels first, then deliveries by (ingest, position, event), so the
+    // first delivery of an id met in this order is its first delivery.
+    let mut cancelled: Vec<&str> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (entry, count) in input {
+        if *count <= 0 {
+            continue;
         }
-        output.extend(deliveries.map(|(a, count)| (Outcome::Duplicate(a.clone()), count)));
+        match entry {
+            Entry::Cancel(target) => cancelled.push(target),
+            Entry::Delivery(a) => {
+                let id = a.event.event_id.as_str();
+                if seen.contains(&id) {
+                    output.push((Outcome::Duplicate(a.clone()), *count));
+                    continue;
+                }
+                seen.push(id);
+                if !cancelled.contains(&id) && a.event.event_type != EventType::Retraction {
+                    output.push((Outcome::Keep(a.event.clone()), 1));
+                }
+                if *count > 1 {
+                    output.push((Outcome::Duplicate(a.clone()), count - 1));
+                }
+            }
+        }
     }
 }
 
-/// `funnel`: per-window sums of session contributions plus distinct users.
-fn funnel<'scope>(sessions: VecCollection<'scope, Time, SessionRow>) -> VecCollection<'scope, Time, (FunnelKey, FunnelAgg)> {
-    let contributions = sessions.clone().explode(|s| {
-        let agg = FunnelAgg::of_session(&s);
-        funnel_keys(&s).map(|k| (k, agg)).collect::<Vec<_>>()
-    });
-    let users = sessions
-        .flat_map(|s| funnel_keys(&s).map(|k| (k, s.user_id.clone())).collect::<Vec<_>>())
-        .distinct()
-        .explode(|(k, _user)| Some((k, FunnelAgg { unique_users: 1, ..FunnelAgg::default() })));
-    contributions.concat(users).count_total()
+/// A user's events, with multiplicities expanded, in reduce order.
+fn session_events<'a>(input: &[(&'a Arc<SessionEvent>, isize)]) -> Vec<&'a SessionEvent> {
+    let mut events = Vec::with_capacity(input.len());
+    for (e, count) in input {
+        events.extend(std::iter::repeat_n(&***e, (*count).max(0) as usize));
+    }
+    events
+}
+
+/// Keys a reduce's output values (the `push` half of `reduce_abelian`).
+fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64, updates: &mut Vec<(V, Time, isize)>) {
+    buffer.clear();
+    buffer.extend(updates.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
 }
 
 /// `kpis`: event sums by event-time window, distinct orders, and the funnel's `all` rows.
 fn kpis<'scope>(
-    events: VecCollection<'scope, Time, Event>,
+    events: VecCollection<'scope, Time, Arc<Event>>,
     funnel: VecCollection<'scope, Time, (FunnelKey, FunnelAgg)>,
 ) -> VecCollection<'scope, Time, (KpiKey, KpiAgg)> {
     let key = |granularity: Granularity, ts: Millis| KpiKey { granularity, window_start: granularity.window_start(ts) };

@@ -1,0 +1,203 @@
+//! Command-line and environment configuration of a worker process.
+//!
+//! Every flag is also an environment variable `TIDEMARK_<FLAG>`. [`RunArgs::validate`]
+//! reports every invalid field at once, and [`RunArgs::describe`] prints the effective
+//! configuration at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tidemark_dataflows::decode::Format;
+use tidemark_dataflows::views::ViewConfig;
+
+/// The format of an input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Decide from the first line: the REES46 header, a CDNOW row, or JSON.
+    Auto,
+    /// JSON lines in the README's schema.
+    Json,
+    /// The REES46 clickstream CSV.
+    Rees46,
+    /// CDNOW transaction rows.
+    Cdnow,
+}
+
+/// `tidemark run`: one worker process running every view.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Worker threads in this process.
+    #[arg(long, short = 'w', env = "TIDEMARK_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Number of worker processes in the cluster.
+    #[arg(long, env = "TIDEMARK_PROCESSES", default_value_t = 1)]
+    pub processes: usize,
+    /// Index of this process in the cluster (0-based).
+    #[arg(long, env = "TIDEMARK_PROCESS", default_value_t = 0)]
+    pub process: usize,
+    /// Comma-separated `host:port` of every process, in process order (needed with
+    /// `--processes` > 1 unless `--hostfile` is given).
+    #[arg(long, env = "TIDEMARK_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// File with one `host:port` per line, in process order.
+    #[arg(long, env = "TIDEMARK_HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+    /// How long to wait for the other processes before giving up (seconds).
+    #[arg(long, env = "TIDEMARK_CONNECT_TIMEOUT", default_value_t = 60)]
+    pub connect_timeout: u64,
+
+    /// Replay a file instead of generating traffic.
+    #[arg(long, short = 'i', env = "TIDEMARK_INPUT")]
+    pub input: Option<PathBuf>,
+    /// Format of `--input`.
+    #[arg(long, env = "TIDEMARK_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+
+    /// Generator rate in events per second (the whole cluster). Live mode paces to it;
+    /// with `--max-speed` it only sets how fast simulated time passes.
+    #[arg(long, env = "TIDEMARK_RATE", default_value_t = 20_000)]
+    pub rate: u64,
+    /// Generate as fast as possible; ingestion times follow the generator's simulated
+    /// clock, so results do not depend on the machine's speed.
+    #[arg(long, env = "TIDEMARK_MAX_SPEED")]
+    pub max_speed: bool,
+    /// Stop after this many generated events (the whole cluster).
+    #[arg(long, env = "TIDEMARK_EVENTS")]
+    pub events: Option<u64>,
+    /// Stop after this many seconds of wall-clock time.
+    #[arg(long, env = "TIDEMARK_DURATION")]
+    pub duration: Option<u64>,
+    /// Generator seed.
+    #[arg(long, env = "TIDEMARK_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Generator user population.
+    #[arg(long, env = "TIDEMARK_USERS", default_value_t = 100_000)]
+    pub users: u64,
+    /// Generate only valid, on-time, unique events (no late, duplicate, corrected or
+    /// malformed records).
+    #[arg(long, env = "TIDEMARK_CLEAN")]
+    pub clean: bool,
+
+    /// Retention horizon in hours: older events are `too_late`, and events leave the
+    /// views this long after their event time.
+    #[arg(long, env = "TIDEMARK_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+    /// Ingestion tick in milliseconds.
+    #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+
+    /// Write the final contents of every view to this JSON file.
+    #[arg(long, env = "TIDEMARK_VIEWS_OUT")]
+    pub views_out: Option<PathBuf>,
+    /// Write every view change `(row, time, diff)` as JSON lines to this file.
+    #[arg(long, env = "TIDEMARK_CHANGES_OUT")]
+    pub changes_out: Option<PathBuf>,
+    /// Append every rejected record (reason, detail, raw bytes) as JSON lines here.
+    #[arg(long, env = "TIDEMARK_DEAD_LETTER")]
+    pub dead_letter: Option<PathBuf>,
+    /// Print no live summary, only the final one.
+    #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Every problem with the configuration, or nothing.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.workers == 0 {
+            problems.push("--workers must be at least 1".to_owned());
+        }
+        if self.processes == 0 {
+            problems.push("--processes must be at least 1".to_owned());
+        }
+        if self.process >= self.processes.max(1) {
+            problems.push(format!("--process {} is not below --processes {}", self.process, self.processes));
+        }
+        if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() {
+            problems.push("--processes > 1 needs --peers or --hostfile".to_owned());
+        }
+        if !self.peers.is_empty() && self.peers.len() != self.processes {
+            problems.push(format!("--peers lists {} addresses for {} processes", self.peers.len(), self.processes));
+        }
+        if self.rate == 0 {
+            problems.push("--rate must be positive".to_owned());
+        }
+        if self.tick_ms == 0 {
+            problems.push("--tick-ms must be positive".to_owned());
+        }
+        if self.retention_hours == 0 {
+            problems.push("--retention-hours must be positive".to_owned());
+        }
+        if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
+            problems.push("a multi-process run needs a finite source: --input, or --max-speed with --events".to_owned());
+        }
+        if let Some(input) = &self.input {
+            if !input.is_file() {
+                problems.push(format!("--input {} is not a readable file", input.display()));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The addresses of all processes (empty for a single process).
+    pub fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(path) = &self.hostfile {
+            let text = std::fs::read_to_string(path)?;
+            let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+            anyhow::ensure!(hosts.len() == self.processes, "{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes);
+            return Ok(hosts);
+        }
+        Ok(self.peers.clone())
+    }
+
+    /// The view settings these flags select.
+    pub fn view_config(&self) -> ViewConfig {
+        let mut config = ViewConfig { tick_ms: self.tick_ms, ..ViewConfig::default() };
+        config.decode.retention_ms = self.retention_hours * 3_600_000;
+        config
+    }
+
+    /// How long to run, if bounded by wall-clock time.
+    pub fn wall_limit(&self) -> Option<Duration> {
+        self.duration.map(Duration::from_secs)
+    }
+
+    /// A one-paragraph description of the effective configuration.
+    pub fn describe(&self) -> String {
+        let source = match &self.input {
+            Some(path) => format!("replaying {} ({:?})", path.display(), self.format),
+            None if self.max_speed => format!("generator at max speed (simulated {} events/s), seed {}", self.rate, self.seed),
+            None => format!("generator at {} events/s, seed {}", self.rate, self.seed),
+        };
+        format!(
+            "tidemark worker: process {}/{} with {} worker threads; {source}; retention {} h, tick {} ms{}{}",
+            self.process,
+            self.processes,
+            self.workers,
+            self.retention_hours,
+            self.tick_ms,
+            self.events.map(|n| format!("; stop after {n} events")).unwrap_or_default(),
+            self.duration.map(|s| format!("; stop after {s} s")).unwrap_or_default(),
+        )
+    }
+}
+
+/// The record format of a file, from the flag or from its first line.
+pub fn detect_format(flag: InputFormat, first_line: &str) -> Format {
+    match flag {
+        InputFormat::Json => Format::Json,
+        InputFormat::Rees46 => Format::Rees46,
+        InputFormat::Cdnow => Format::Cdnow,
+        InputFormat::Auto => {
+            let line = first_line.trim();
+            if line.starts_with('{') {
+                Format::Json
+            } else if line.starts_with("event_time,") {
+                Format::Rees46
+            } else {
+                Format::Cdnow
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Runs one worker process: a timely cluster member with N worker threads, each running
+//! the view dataflow over its own source, and an aggregator on the main thread that
+//! shows the live summary and writes the output files.
+//!
+//! Bounds: a worker never has more than [`MAX_IN_FLIGHT`] records inserted whose time the
+//! views' frontier has not yet passed (it steps the dataflow instead of reading more),
+//! and never runs more than [`MAX_LAG_MS`] of ingestion time ahead; view changes
+//! reach the aggregator through a bounded channel, so a slow terminal or disk slows
+//! ingestion down rather than growing memory.
+//!
+//! A run ends at an agreed *final time*: the replay clock at the end of a file, a bound
+//! derived from `--events` at max speed, or (live) the largest time any local worker
+//! reached when asked to stop. Every worker advances past it, waits until the views'
+//! frontier has passed it, and the outputs describe the views as of that time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use differential_dataflow::input::Input;
+use tidemark_dataflows::decode::RawRecord;
+use tidemark_dataflows::generator::GeneratorConfig;
+use tidemark_dataflows::rows::Dimension;
+use tidemark_dataflows::time::{tick_ceil, Time};
+use tidemark_dataflows::views::{build, ViewRow};
+
+use crate::config::RunArgs;
+use crate::output::Outputs;
+use crate::source::{now_ms, FileSource, GeneratorSource, Source};
+use crate::summary::Summary;
+
+/// How far (ms of ingestion time) a worker may read ahead of the views' frontier.
+pub const MAX_LAG_MS: u64 = 60_000;
+/// How many inserted records a worker may have ahead of the views' frontier.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+/// Records read per batch.
+const BATCH: usize = 8_192;
+/// Capacity of the channel from workers to the aggregator, in batches.
+const CHANNEL_BATCHES: usize = 256;
+/// Start of simulated time at max speed: 2026-11-01T00:00:00Z.
+pub const SIMULATED_START_MS: i64 = 1_793_491_200_000;
+
+/// One view change: row, ingestion time, diff.
+pub type Update = (ViewRow, Time, isize);
+
+/// View changes from one worker, filtered to what the aggregator needs.
+pub struct Message {
+    /// Change in the number of sessions.
+    pub sessions_delta: i64,
+    /// The rows the summary or the output files need.
+    pub updates: Vec<Update>,
+}
+
+/// State shared by the workers of this process and the aggregator.
+#[derive(Default)]
+pub struct Shared {
+    /// Records inserted so far (this process).
+    pub ingested: AtomicU64,
+    /// Bytes of the input file read by worker 0 (for the progress bar).
+    pub bytes_read: Arc<AtomicU64>,
+    /// The views' frontier as seen by worker 0 (ingestion ms).
+    pub frontier: AtomicU64,
+    /// Set to ask the sources to stop (Ctrl-C, `--duration`).
+    pub stop: AtomicBool,
+    /// Set by the aggregator once the outputs are written.
+    pub exit: AtomicBool,
+    /// Workers that have reported the end of their source, and the largest time they reached.
+    ended: Mutex<(usize, Time)>,
+    /// Workers whose views have passed the final time.
+    pub finished: AtomicUsize,
+    /// The agreed final time, once known.
+    pub final_time: AtomicU64,
+    /// A fatal error of a worker, reported by the aggregator.
+    pub error: Mutex<Option<String>>,
+}
+
+/// Runs the process to the end; returns the summary of the final state.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Err(problems) = args.validate() {
+        anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+    eprintln!("{}", args.describe());
+    let shared = Arc::new(Shared::default());
+    {
+        let shared = shared.clone();
+        ctrlc::set_handler(move || shared.stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
+    let (tx, rx) = sync_channel::<Message>(CHANNEL_BATCHES);
+    let communication = if args.processes > 1 {
+        timely::CommunicationConfig::Cluster {
+            threads: args.workers,
+            process: args.process,
+            addresses: args.addresses()?,
+            report: false,
+            zerocopy: false,
+        }
+    } else {
+        timely::CommunicationConfig::Process(args.workers)
+    };
+    let config = timely::Config { communication, worker: timely::WorkerConfig::default() };
+    let started = Arc::new(AtomicUsize::new(0));
+
+    let cluster = {
+        let (args, shared, started) = (args.clone(), shared.clone(), started.clone());
+        std::thread::Builder::new().name("timely".into()).spawn(move || {
+            let guards = timely::execute(config, move |worker| {
+                started.fetch_add(1, Ordering::SeqCst);
+                if let Err(e) = run_worker(worker, &args, &shared, tx.clone()) {
+                    shared.error.lock().expect("error slot").get_or_insert(format!("{e:#}"));
+                    shared.stop.store(true, Ordering::SeqCst);
+                }
+            });
+            guards.map(|g| drop(g.join()))
+        })?
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(args.connect_timeout);
+    while started.load(Ordering::SeqCst) < args.workers {
+        if cluster.is_finished() {
+            let outcome = cluster.join().map_err(|_| anyhow::anyhow!("the timely runtime panicked while starting"))?;
+            outcome.map_err(|e| anyhow::anyhow!("timely could not start: {e}"))?;
+            anyhow::bail!("timely exited before the workers started");
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the cluster did not form within {} s: are all {} processes started with the same --peers/--hostfile?",
+                args.connect_timeout,
+                args.processes
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let result = aggregate(&args, &shared, rx);
+    shared.exit.store(true, Ordering::SeqCst);
+    if let Some(e) = shared.error.lock().expect("error slot").take() {
+        anyhow::bail!("a worker failed: {e}");
+    }
+    result
+}
+
+/// The main thread: applies view changes, shows the summary, writes the outputs.
+fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::Result<()> {
+    let mut outputs = Outputs::open(args)?;
+    let mut summary = Summary::new(args, shared);
+    let started = Instant::now();
+    let mut last_render = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(message) => {
+                summary.apply(&message);
+                outputs.apply(&message.updates)?;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if args.wall_limit().is_some_and(|limit| started.elapsed() >= limit) {
+            shared.stop.store(true, Ordering::SeqCst);
+        }
+        if shared.finished.load(Ordering::SeqCst) >= args.workers || shared.error.lock().expect("error slot").is_some() {
+            // Every update up to the final time was sent before the workers finished.
+            while let Ok(message) = rx.try_recv() {
+                summary.apply(&message);
+                outputs.apply(&message.updates)?;
+            }
+            break;
+        }
+        if !args.quiet && last_render.elapsed() >= Duration::from_secs(1) {
+            summary.render_live();
+            last_render = Instant::now();
+        }
+    }
+    let final_time = shared.final_time.load(Ordering::SeqCst);
+    outputs.finish(final_time)?;
+    summary.render_final(final_time, started.elapsed());
+    Ok(())
+}
+
+fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match &args.input {
+        Some(path) => {
+            let progress = (index == 0).then(|| shared.bytes_read.clone());
+            Box::new(FileSource::open(path, args.format, args.tick_ms, index, peers, progress)?)
+        }
+        None => {
+            let mut config = if args.clean { GeneratorConfig::clean() } else { GeneratorConfig::default() };
+            config.seed = args.seed;
+            config.users = args.users;
+            config.events_per_sec = args.rate;
+            config.retention_ms = args.retention_hours * 3_600_000;
+            config.start_ms = if args.max_speed { SIMULATED_START_MS } else { now_ms() as i64 };
+            let source = GeneratorSource::new(config, index, peers, args.tick_ms, !args.max_speed, args.events);
+            Box::new(source)
+        }
+    })
+}
+
+/// An upper bound on the generator's last ingestion time at max speed with `--events`,
+/// the same on every worker.
+fn generated_final_time(args: &RunArgs, peers: usize) -> Option<Time> {
+    let events = args.events.filter(|_| args.max_speed && args.input.is_none())?;
+    let per_part = events.div_ceil(peers as u64);
+    let span = per_part.saturating_mul(1000).saturating_mul(peers as u64) / args.rate;
+    Some(tick_ceil(SIMULATED_START_MS as u64 + span, args.tick_ms) + args.tick_ms)
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    args: &RunArgs,
+    shared: &Shared,
+    tx: SyncSender<Message>,
+) -> anyhow::Result<()> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let config = args.view_config();
+    let full = args.views_out.is_some() || args.changes_out.is_some();
+    let dead_letter = args.dead_letter.is_some();
+    let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, records) = scope.new_collection::<RawRecord, isize>();
+        let (probe, _) = build(records, &config)
+            .rows()
+            .inspect_batch(move |_time, batch| {
+                let message = filter_batch(batch, full, dead_letter);
+                if message.sessions_delta != 0 || !message.updates.is_empty() {
+                    // A closed channel means the aggregator is gone; nothing is left to show.
+                    let _ = tx.send(message);
+                }
+            })
+            .probe();
+        (input, probe)
+    });
+
+    let mut source = open_source(args, shared, index, peers)?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut in_flight = InFlight::default();
+    while !shared.stop.load(Ordering::Relaxed) {
+        batch.clear();
+        let Some(time) = source.next_batch(&mut batch, BATCH)? else { break };
+        if time > *input.time() {
+            input.advance_to(time);
+        }
+        let inserted = batch.len();
+        shared.ingested.fetch_add(inserted as u64, Ordering::Relaxed);
+        for record in batch.drain(..) {
+            input.insert(record);
+        }
+        input.flush();
+        if inserted < BATCH && args.input.is_none() && !args.max_speed {
+            // Live and caught up with the generator's pace: let the dataflow run a little.
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        } else {
+            worker.step();
+        }
+        in_flight.push(time, inserted);
+        let horizon = input.time().saturating_sub(MAX_LAG_MS);
+        while probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
+            worker.step();
+        }
+        if index == 0 {
+            probe.with_frontier(|f| shared.frontier.store(f.first().copied().unwrap_or(Time::MAX), Ordering::Relaxed));
+        }
+    }
+
+    let final_time = match source.final_time().or_else(|| generated_final_time(args, peers)) {
+        Some(t) => t.max(*input.time()),
+        None => agree_locally(worker, shared, *input.time(), args.workers),
+    };
+    shared.final_time.fetch_max(final_time, Ordering::SeqCst);
+    let end = final_time + 1;
+    input.advance_to(end);
+    input.flush();
+    worker.step_while(|| probe.less_than(&end));
+    if index == 0 {
+        shared.frontier.store(end, Ordering::Relaxed);
+    }
+    shared.finished.fetch_add(1, Ordering::SeqCst);
+    // Keep serving the cluster (progress for the other processes) until the outputs are
+    // written; the process then exits without draining future expiries.
+    while !shared.exit.load(Ordering::SeqCst) {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    Ok(())
+}
+
+/// Records inserted at times the views' frontier has not passed yet.
+#[derive(Default)]
+struct InFlight {
+    batches: std::collections::VecDeque<(Time, usize)>,
+    total: usize,
+}
+
+impl InFlight {
+    fn push(&mut self, time: Time, count: usize) {
+        match self.batches.back_mut() {
+            Some((t, n)) if *t == time => *n += count,
+            _ => self.batches.push_back((time, count)),
+        }
+        self.total += count;
+    }
+
+    /// Forgets the batches the frontier has passed and counts the rest.
+    fn count(&mut self, probe: &timely::dataflow::ProbeHandle<Time>) -> usize {
+        while let Some((time, count)) = self.batches.front().copied() {
+            if probe.less_equal(&time) {
+                break;
+            }
+            self.total -= count;
+            self.batches.pop_front();
+        }
+        self.total
+    }
+}
+
+/// The final time of an open-ended run: the largest time any worker of this process
+/// reached. (Open-ended runs are single-process; `RunArgs::validate` enforces it.)
+fn agree_locally(worker: &mut timely::worker::Worker, shared: &Shared, reached: Time, workers: usize) -> Time {
+    {
+        let mut ended = shared.ended.lock().expect("no worker panics holding this lock");
+        ended.0 += 1;
+        ended.1 = ended.1.max(reached);
+    }
+    loop {
+        let (count, max) = *shared.ended.lock().expect("no worker panics holding this lock");
+        if count >= workers {
+            return max;
+        }
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+}
+
+/// Keeps what the aggregator needs: all rows for output files, otherwise the summary's
+/// rows (KPIs, funnel by all and country, reject counts) and rejects for the dead letter.
+fn filter_batch(batch: &[Update], full: bool, dead_letter: bool) -> Message {
+    let mut message = Message { sessions_delta: 0, updates: Vec::new() };
+    for update in batch {
+        let keep = match &update.0 {
+            ViewRow::Sessions(_) => {
+                message.sessions_delta += update.2 as i64;
+                false
+            }
+            ViewRow::Funnel { key, .. } => matches!(key.dimension, Dimension::All | Dimension::Country),
+            ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } => true,
+            ViewRow::Rejects(_) => dead_letter,
+        };
+        if full || keep {
+            message.updates.push(update.clone());
+        }
+    }
+    message
+}

@@ -1,0 +1,209 @@
+//! Sources: where a worker's records come from, and at which ingestion time.
+//!
+//! A [`Source`] yields records in non-decreasing ingestion time. Every worker of every
+//! process runs its own source over its own share of the input:
+//! - [`FileSource`]: every worker reads the whole file, but inserts only the records whose
+//!   line number falls to it. All workers compute the same *replay clock* (the running
+//!   maximum of the event times read so far, on a tick), so a historical file replays as
+//!   if it were live and every worker agrees on when the replay ends.
+//! - [`GeneratorSource`]: worker `i` of `n` generates part `i` of the traffic. Live, it
+//!   paces itself to the wall clock and stamps records with it; at max speed, records
+//!   carry the generator's simulated clock, so results do not depend on machine speed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tidemark_dataflows::decode::{peek_event_ts, Format, RawRecord, REES46_HEADER};
+use tidemark_dataflows::generator::{Generated, Generator, GeneratorConfig};
+use tidemark_dataflows::time::{tick_ceil, Time};
+
+use crate::config::{detect_format, InputFormat};
+
+/// A stream of records with ingestion times.
+pub trait Source {
+    /// Appends up to `max` records and returns their (single) ingestion time, or `None`
+    /// when the source is exhausted. Records of one call share a time; times never
+    /// decrease between calls.
+    fn next_batch(&mut self, out: &mut Vec<RawRecord>, max: usize) -> anyhow::Result<Option<Time>>;
+
+    /// The last ingestion time this source will ever produce, once it is known to every
+    /// worker alike (finite sources), or `None` for open-ended ones.
+    fn final_time(&self) -> Option<Time>;
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Replays a file of JSON lines, REES46 rows or CDNOW rows.
+pub struct FileSource {
+    reader: BufReader<File>,
+    format: Format,
+    tick_ms: u64,
+    index: usize,
+    peers: usize,
+    line_no: u64,
+    clock: Time,
+    /// A record read but not yet returned because its time is later than the batch's.
+    pending: Option<(RawRecord, Time)>,
+    line: Vec<u8>,
+    finished: bool,
+    bytes_read: Option<Arc<AtomicU64>>,
+}
+
+impl FileSource {
+    /// Opens `path` for worker `index` of `peers`; `bytes_read`, if given, is advanced as
+    /// the file is read (for a progress bar).
+    pub fn open(path: &Path, flag: InputFormat, tick_ms: u64, index: usize, peers: usize, bytes_read: Option<Arc<AtomicU64>>) -> anyhow::Result<Self> {
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        let first = reader.fill_buf()?;
+        let first_line = String::from_utf8_lossy(&first[..first.iter().position(|&b| b == b'\n').unwrap_or(first.len())]).into_owned();
+        let format = detect_format(flag, &first_line);
+        Ok(FileSource { reader, format, tick_ms, index, peers, line_no: 0, clock: 0, pending: None, line: Vec::new(), finished: false, bytes_read })
+    }
+
+    /// The format the file is read as.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The next record of this worker's share with its replay time.
+    fn next_record(&mut self) -> anyhow::Result<Option<(RawRecord, Time)>> {
+        loop {
+            self.line.clear();
+            let n = self.reader.read_until(b'\n', &mut self.line)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if let Some(counter) = &self.bytes_read {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            self.line_no += 1;
+            while matches!(self.line.last(), Some(b'\n' | b'\r')) {
+                self.line.pop();
+            }
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if self.line_no == 1 && self.format == Format::Rees46 && self.line == REES46_HEADER.as_bytes() {
+                continue;
+            }
+            let record = RawRecord { format: self.format, position: self.line_no, bytes: self.line.clone() };
+            // Every worker advances the clock over every line, so all agree on it.
+            if let Some(ts) = peek_event_ts(&record) {
+                self.clock = self.clock.max(tick_ceil(ts.max(0) as u64, self.tick_ms));
+            }
+            if (self.line_no as usize) % self.peers == self.index {
+                return Ok(Some((record, self.clock)));
+            }
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn next_batch(&mut self, out: &mut Vec<RawRecord>, max: usize) -> anyhow::Result<Option<Time>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let (first, time) = match self.pending.take() {
+            Some(p) => p,
+            None => match self.next_record()? {
+                Some(p) => p,
+                None => {
+                    self.finished = true;
+                    return Ok(None);
+                }
+            },
+        };
+        out.push(first);
+        while out.len() < max {
+            match self.next_record()? {
+                Some((record, t)) if t == time => out.push(record),
+                Some(other) => {
+                    self.pending = Some(other);
+                    break;
+                }
+                None => {
+                    self.finished = true;
+                    break;
+                }
+            }
+        }
+        Ok(Some(time))
+    }
+
+    fn final_time(&self) -> Option<Time> {
+        // Known once the whole file is read; every worker reads every line.
+        (self.finished && self.pending.is_none()).then_some(self.clock)
+    }
+}
+
+/// Generated traffic for one part of the cluster.
+pub struct GeneratorSource {
+    generator: Generator,
+    pending: Option<Generated>,
+    tick_ms: u64,
+    live: bool,
+    remaining: Option<u64>,
+    last_time: Option<Time>,
+}
+
+impl GeneratorSource {
+    /// Part `part` of `parts`; `events` bounds the whole cluster's total.
+    pub fn new(config: GeneratorConfig, part: usize, parts: usize, tick_ms: u64, live: bool, events: Option<u64>) -> Self {
+        let remaining = events.map(|n| n / parts as u64 + u64::from((part as u64) < n % parts as u64));
+        GeneratorSource { generator: Generator::new(config, part, parts), pending: None, tick_ms, live, remaining, last_time: None }
+    }
+}
+
+impl Source for GeneratorSource {
+    fn next_batch(&mut self, out: &mut Vec<RawRecord>, max: usize) -> anyhow::Result<Option<Time>> {
+        let start = out.len();
+        let limit = match self.remaining {
+            Some(0) => return Ok(None),
+            Some(r) => max.min(r as usize),
+            None => max,
+        };
+        let time = if self.live {
+            // Pace to the wall clock: release what the simulated clock has reached.
+            let now = now_ms();
+            while out.len() - start < limit {
+                let next = self.pending.take().unwrap_or_else(|| self.generator.next_record());
+                if next.ingest_ms > now {
+                    self.pending = Some(next);
+                    break;
+                }
+                out.push(next.record);
+            }
+            tick_ceil(now, self.tick_ms)
+        } else {
+            let first = self.pending.take().unwrap_or_else(|| self.generator.next_record());
+            let time = tick_ceil(first.ingest_ms, self.tick_ms);
+            out.push(first.record);
+            while out.len() - start < limit {
+                let next = self.generator.next_record();
+                if tick_ceil(next.ingest_ms, self.tick_ms) != time {
+                    self.pending = Some(next);
+                    break;
+                }
+                out.push(next.record);
+            }
+            time
+        };
+        let time = self.last_time.map_or(time, |last| last.max(time));
+        self.last_time = Some(time);
+        if let Some(r) = &mut self.remaining {
+            *r -= (out.len() - start) as u64;
+        }
+        Ok(Some(time))
+    }
+
+    fn final_time(&self) -> Option<Time> {
+        None
+    }
+}

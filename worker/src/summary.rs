@@ -1,0 +1,178 @@
+//! The live terminal summary: ingestion rate, frontier, sessions, the latest KPI windows,
+//! the funnel of the current hour (all and by country), and rejects by reason.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tidemark_dataflows::decode::RejectReason;
+use tidemark_dataflows::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey};
+use tidemark_dataflows::time::{format_timestamp, Granularity, Time};
+use tidemark_dataflows::views::ViewRow;
+
+use crate::config::RunArgs;
+use crate::driver::{Message, Shared};
+
+/// The small views the summary shows, kept up to date from view changes.
+pub struct Summary<'a> {
+    shared: &'a Shared,
+    title: String,
+    file_size: Option<u64>,
+    tty: bool,
+    sessions: i64,
+    kpis: BTreeMap<KpiKey, KpiAgg>,
+    funnel: BTreeMap<FunnelKey, FunnelAgg>,
+    rejected: BTreeMap<RejectReason, i64>,
+    rate: RateMeter,
+}
+
+struct RateMeter {
+    at: Instant,
+    count: u64,
+    per_sec: f64,
+}
+
+fn upsert<K: Ord + Clone, V: PartialEq + Clone>(map: &mut BTreeMap<K, V>, key: &K, value: &V, diff: isize) {
+    if diff > 0 {
+        map.insert(key.clone(), value.clone());
+    } else if map.get(key) == Some(value) {
+        map.remove(key);
+    }
+}
+
+impl<'a> Summary<'a> {
+    /// A summary for this run.
+    pub fn new(args: &RunArgs, shared: &'a Shared) -> Self {
+        Summary {
+            shared,
+            title: args.describe(),
+            file_size: args.input.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
+            tty: std::io::stdout().is_terminal(),
+            sessions: 0,
+            kpis: BTreeMap::new(),
+            funnel: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            rate: RateMeter { at: Instant::now(), count: 0, per_sec: 0.0 },
+        }
+    }
+
+    /// Applies a batch of view changes. Rows are replaced as (old -1, new +1) pairs, so
+    /// an insertion replaces and a retraction removes only the row it names.
+    pub fn apply(&mut self, message: &Message) {
+        self.sessions += message.sessions_delta;
+        // Apply retractions before insertions, so a replaced row survives.
+        for pass in [false, true] {
+            for (row, _time, diff) in message.updates.iter().filter(|u| (u.2 > 0) == pass) {
+                match row {
+                    ViewRow::Kpis { key, agg } => upsert(&mut self.kpis, key, agg, *diff),
+                    ViewRow::Funnel { key, agg } if matches!(key.dimension, Dimension::All | Dimension::Country) => {
+                        upsert(&mut self.funnel, key, agg, *diff)
+                    }
+                    ViewRow::RejectedByReason { reason, count } => upsert(&mut self.rejected, reason, count, *diff),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn measure(&mut self) -> (u64, f64) {
+        let count = self.shared.ingested.load(Ordering::Relaxed);
+        let elapsed = self.rate.at.elapsed();
+        if elapsed >= Duration::from_millis(900) {
+            self.rate.per_sec = (count - self.rate.count) as f64 / elapsed.as_secs_f64();
+            self.rate.at = Instant::now();
+            self.rate.count = count;
+        }
+        (count, self.rate.per_sec)
+    }
+
+    fn text(&mut self, final_time: Option<Time>) -> String {
+        let (count, per_sec) = self.measure();
+        let mut out = String::new();
+        out += &format!("{}\n", self.title);
+        if let Some(size) = self.file_size.filter(|s| *s > 0) {
+            let read = self.shared.bytes_read.load(Ordering::Relaxed).min(size);
+            let filled = (read * 40 / size) as usize;
+            out += &format!("replay [{}{}] {:>3}%  {} of {} bytes\n", "#".repeat(filled), "-".repeat(40 - filled), read * 100 / size, read, size);
+        }
+        let frontier = final_time.unwrap_or_else(|| self.shared.frontier.load(Ordering::Relaxed));
+        out += &format!(
+            "ingested {count} records ({per_sec:.0}/s)   views complete up to {}{}\n",
+            if frontier == 0 || frontier == Time::MAX { "-".to_owned() } else { format_timestamp(frontier as i64) },
+            if final_time.is_some() { " (final)" } else { "" },
+        );
+        out += &format!("live sessions {}\n\nKPIs (latest windows)\n", self.sessions);
+        out += "  window                     events   views   carts  purchases  orders      revenue      AOV  sessions  conv%   users\n";
+        for g in Granularity::ALL {
+            if let Some((key, k)) = self.kpis.iter().filter(|(k, _)| k.granularity == g).next_back() {
+                let r = k.rates();
+                out += &format!(
+                    "  {:<6} {:<19} {:>7} {:>7} {:>7} {:>10} {:>7} {:>12.2} {:>8} {:>9} {:>6} {:>7}\n",
+                    g.name(),
+                    &format_timestamp(key.window_start)[..19],
+                    k.events,
+                    k.page_views + k.product_views,
+                    k.cart_adds,
+                    k.purchases,
+                    k.orders,
+                    k.revenue_cents as f64 / 100.0,
+                    r.aov.map_or("-".into(), |a| format!("{a:.2}")),
+                    k.sessions,
+                    r.conversion.map_or("-".into(), |c| format!("{:.1}", c * 100.0)),
+                    k.unique_users,
+                );
+            }
+        }
+        if let Some(hour) = self.funnel.keys().filter(|k| k.granularity == Granularity::Hour).map(|k| k.window_start).max() {
+            out += &format!("\nFunnel, hour from {} (sessions by start; ordered steps)\n", &format_timestamp(hour)[..16]);
+            out += "  value            sessions     view     cart  checkout  purchase   buyers   revenue\n";
+            let mut rows: Vec<(&FunnelKey, &FunnelAgg)> =
+                self.funnel.iter().filter(|(k, _)| k.granularity == Granularity::Hour && k.window_start == hour).collect();
+            rows.sort_by_key(|(k, a)| (k.dimension != Dimension::All, -a.sessions));
+            for (key, a) in rows.into_iter().take(7) {
+                out += &format!(
+                    "  {:<15} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9.2}\n",
+                    if key.dimension == Dimension::All { "all".to_owned() } else { format!("country {}", key.value) },
+                    a.sessions,
+                    a.reached_view,
+                    a.reached_cart,
+                    a.reached_checkout,
+                    a.reached_purchase,
+                    a.purchasing_sessions,
+                    a.revenue_cents as f64 / 100.0,
+                );
+            }
+        }
+        out += "\nRejects (within retention): ";
+        if self.rejected.is_empty() {
+            out += "none";
+        }
+        out += &self.rejected.iter().map(|(r, c)| format!("{r} {c}")).collect::<Vec<_>>().join(", ");
+        out += "\n";
+        out
+    }
+
+    /// Redraws the summary (a fresh screen on a terminal, one block otherwise).
+    pub fn render_live(&mut self) {
+        let text = self.text(None);
+        let mut stdout = std::io::stdout().lock();
+        if self.tty {
+            let _ = write!(stdout, "\x1b[2J\x1b[H{text}");
+        } else {
+            let _ = writeln!(stdout, "{text}");
+        }
+        let _ = stdout.flush();
+    }
+
+    /// Prints the summary of the final state.
+    pub fn render_final(&mut self, final_time: Time, elapsed: Duration) {
+        self.rate = RateMeter { at: Instant::now() - elapsed, count: 0, per_sec: 0.0 };
+        let text = self.text(Some(final_time));
+        let mut stdout = std::io::stdout().lock();
+        if self.tty {
+            let _ = write!(stdout, "\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(stdout, "{text}finished in {:.2} s", elapsed.as_secs_f64());
+    }
+}
