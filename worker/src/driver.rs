@@ -37,6 +37,9 @@ pub const MAX_LAG_MS: u64 = 60_000;
 pub const MAX_IN_FLIGHT: usize = 100_000;
 /// Records read per batch.
 const BATCH: usize = 8_192;
+/// Records inserted between two steps of the dataflow (off the live path): larger steps
+/// let every arrangement receive one batch spanning many ticks instead of one per tick.
+const STEP_EVERY: usize = 32_768;
 /// Capacity of the channel from workers to the aggregator, in batches.
 const CHANNEL_BATCHES: usize = 256;
 /// Start of simulated time at max speed: 2026-11-01T00:00:00Z.
@@ -234,6 +237,7 @@ fn run_worker(
     let mut source = open_source(args, shared, index, peers)?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut in_flight = InFlight::default();
+    let mut since_step = 0usize;
     while !shared.stop.load(Ordering::Relaxed) {
         batch.clear();
         let Some(time) = source.next_batch(&mut batch, BATCH)? else { break };
@@ -245,17 +249,27 @@ fn run_worker(
         for record in batch.drain(..) {
             input.insert(record);
         }
-        input.flush();
-        if inserted < BATCH && args.input.is_none() && !args.max_speed {
+        since_step += inserted;
+        let live = args.input.is_none() && !args.max_speed;
+        if live && inserted < BATCH {
             // Live and caught up with the generator's pace: let the dataflow run a little.
+            input.flush();
             worker.step_or_park(Some(Duration::from_millis(1)));
-        } else {
+            since_step = 0;
+        } else if live || since_step >= STEP_EVERY {
+            input.flush();
             worker.step();
+            since_step = 0;
         }
         in_flight.push(time, inserted);
         let horizon = input.time().saturating_sub(MAX_LAG_MS);
-        while probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
-            worker.step();
+        if probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
+            // Too far ahead: expose what was inserted and let the views catch up.
+            input.flush();
+            while probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
+                worker.step();
+            }
+            since_step = 0;
         }
         if index == 0 {
             probe.with_frontier(|f| shared.frontier.store(f.first().copied().unwrap_or(Time::MAX), Ordering::Relaxed));

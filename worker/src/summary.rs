@@ -79,7 +79,7 @@ impl<'a> Summary<'a> {
     fn measure(&mut self) -> (u64, f64) {
         let count = self.shared.ingested.load(Ordering::Relaxed);
         let elapsed = self.rate.at.elapsed();
-        if elapsed >= Duration::from_millis(900) {
+        if elapsed >= Duration::from_millis(900) && count > self.rate.count {
             self.rate.per_sec = (count - self.rate.count) as f64 / elapsed.as_secs_f64();
             self.rate.at = Instant::now();
             self.rate.count = count;
@@ -166,13 +166,18 @@ impl<'a> Summary<'a> {
     }
 
     /// Prints the summary of the final state.
+    ///
+    /// The last line is meant for scripts:
+    /// `throughput <records> records in <seconds> s = <rate> records/s`.
     pub fn render_final(&mut self, final_time: Time, elapsed: Duration) {
-        self.rate = RateMeter { at: Instant::now() - elapsed, count: 0, per_sec: 0.0 };
+        let records = self.shared.ingested.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        self.rate = RateMeter { at: Instant::now(), count: records, per_sec: records as f64 / secs };
         let text = self.text(Some(final_time));
         let mut stdout = std::io::stdout().lock();
         if self.tty {
             let _ = write!(stdout, "\x1b[2J\x1b[H");
         }
-        let _ = writeln!(stdout, "{text}finished in {:.2} s", elapsed.as_secs_f64());
+        let _ = writeln!(stdout, "{text}throughput {records} records in {secs:.3} s = {:.0} records/s", records as f64 / secs);
     }
 }
