@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::decode::{decode, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
-use crate::time::{Granularity, Millis, Time};
+use crate::time::{Granularity, Time};
 use crate::views::{ViewConfig, ViewRow};
 
 /// The contents of every view at time `t`, as a multiset of rows.
@@ -230,7 +230,30 @@ fn session_row(user: &str, session_id: String, events: &[&Event]) -> SessionRow 
     }
 }
 
-/// The windows of an event time at every granularity (a convenience for tests).
-pub fn windows_of(ts: Millis) -> [(Granularity, Millis); 3] {
-    Granularity::ALL.map(|g| (g, ts - ts.rem_euclid(g.millis())))
+/// The contents at `t` of a list of view changes `(row, time, diff)`.
+pub fn state_at<'a>(updates: impl IntoIterator<Item = &'a (ViewRow, Time, isize)>, t: Time) -> BTreeMap<ViewRow, i64> {
+    let mut state = BTreeMap::new();
+    for (row, time, diff) in updates {
+        if *time <= t {
+            *state.entry(row.clone()).or_insert(0) += *diff as i64;
+        }
+    }
+    state.retain(|_, count| *count != 0);
+    state
+}
+
+/// Describes how two view states differ, row by row (empty when they are equal).
+pub fn difference(actual: &BTreeMap<ViewRow, i64>, expected: &BTreeMap<ViewRow, i64>) -> String {
+    let mut out = String::new();
+    for (row, count) in actual {
+        if expected.get(row) != Some(count) {
+            out += &format!("  dataflow has {count} x {row:?} (reference: {:?})\n", expected.get(row));
+        }
+    }
+    for (row, count) in expected {
+        if !actual.contains_key(row) {
+            out += &format!("  reference has {count} x {row:?}, dataflow none\n");
+        }
+    }
+    out
 }

@@ -515,3 +515,51 @@ pub type KpiRow = (KpiKey, KpiAgg);
 
 /// Key of a windowed distinct-order count: (granularity, window start, order key).
 pub type OrderInWindow = (Granularity, Millis, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn ev(user: &str, id: &str, ts: Millis, t: EventType, session: Option<&str>) -> SessionEvent {
+        let mut e = Event::new(id, t, ts, user);
+        e.session_id = session.map(str::to_owned);
+        SessionEvent::from(&e)
+    }
+
+    /// Users that share an arrangement key are sessionized separately.
+    #[test]
+    fn users_sharing_a_key_stay_apart() {
+        let mut events = vec![
+            ev("a", "1", 0, EventType::ProductView, None),
+            ev("b", "2", 60_000, EventType::ProductView, None),
+            ev("a", "3", 120_000, EventType::AddToCart, None),
+            ev("b", "4", 40 * 60_000, EventType::PageView, None),
+            ev("a", "5", 10_000, EventType::PageView, Some("s")),
+        ];
+        events.sort();
+        let refs: Vec<&SessionEvent> = events.iter().collect();
+        let mut together = sessionize_users(&refs);
+        let mut apart: Vec<SessionRow> = ["a", "b"]
+            .iter()
+            .flat_map(|u| sessionize(u, &refs.iter().copied().filter(|e| &*e.user_id == *u).collect::<Vec<_>>()))
+            .collect();
+        together.sort();
+        apart.sort();
+        assert_eq!(together, apart);
+        // a: derived session (view, cart) and shop session "s"; b: two sessions 39 min apart.
+        assert_eq!(together.len(), 4);
+        let a_derived = together.iter().find(|s| s.user_id == "a" && s.session_id.starts_with("derived")).expect("a's session");
+        assert_eq!((a_derived.events, a_derived.funnel_step), (2, 2));
+    }
+
+    /// Equal contributions of two users are counted twice, not merged away.
+    #[test]
+    fn equal_contributions_of_two_users_count_twice() {
+        let events = [ev("a", "1", 0, EventType::ProductView, None), ev("b", "2", 0, EventType::ProductView, None)];
+        let refs: Vec<&SessionEvent> = events.iter().collect();
+        let contributions = user_funnel(&sessionize_users(&refs));
+        assert_eq!(contributions.len(), 15, "3 granularities x 5 dimensions");
+        assert!(contributions.iter().all(|((_, agg), count)| *count == 2 && agg.unique_users == 1 && agg.sessions == 1));
+    }
+}

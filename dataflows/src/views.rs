@@ -176,6 +176,26 @@ impl<'scope> Views<'scope> {
     }
 }
 
+impl<'scope> Views<'scope> {
+    /// The rows a live summary shows: KPIs, funnel rows of the given dimensions, reject
+    /// counts, and (if `with_rejects`) rejected records. Cheaper than [`Views::rows`].
+    pub fn summary_rows(&self, dimensions: &'static [Dimension], with_rejects: bool) -> VecCollection<'scope, Time, ViewRow> {
+        let funnel = self
+            .funnel
+            .clone()
+            .flat_map_ref(move |k, a| dimensions.contains(&k.dimension).then(|| ViewRow::Funnel { key: k.clone(), agg: *a }));
+        let kpis = self.kpis.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a });
+        let counts = self.rejected_by_reason.clone().as_collection(|r, c| ViewRow::RejectedByReason { reason: *r, count: *c });
+        let rejects = self.rejects.clone().flat_map_ref(move |_, r| with_rejects.then(|| ViewRow::Rejects(r.clone())));
+        funnel.concatenate([kpis, counts, rejects])
+    }
+
+    /// One `()` per session: its diffs sum to the number of sessions.
+    pub fn session_count(&self) -> VecCollection<'scope, Time, ()> {
+        self.sessions.clone().as_collection(|_, _| ())
+    }
+}
+
 /// Builds every view over `records`.
 pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig) -> Views<'scope> {
     let (arrivals, rejects) = decode_and_expire(records, config);
@@ -388,4 +408,39 @@ fn kpis<'scope>(
         .filter(|(k, _)| k.dimension == Dimension::All)
         .explode(|(k, a)| Some((KpiKey { granularity: k.granularity, window_start: k.window_start }, KpiAgg::of_funnel(&a))));
     by_event.concatenate([orders, sessions]).count_total()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(id: &str, ingest: Time, position: u64, retracts: Option<&str>) -> Arrival {
+        let mut event = Event::new(id, EventType::PageView, 0, "u");
+        event.retracts = retracts.map(str::to_owned);
+        Arrival { ingest, position, event: Arc::new(event) }
+    }
+
+    /// Ids that share an arrangement key are deduplicated and cancelled separately.
+    #[test]
+    fn dedup_groups_by_real_id_under_one_key() {
+        let x1 = Entry::Delivery(arrival("x", 10, 1, None));
+        let y1 = Entry::Delivery(arrival("y", 10, 2, None));
+        let x2 = Entry::Delivery(arrival("x", 20, 3, None));
+        let z = Entry::Delivery(arrival("z", 30, 4, Some("y")));
+        let cancel_y = Entry::Cancel(Arc::from("y"));
+        let mut input = vec![(&x1, 1), (&y1, 1), (&x2, 2), (&z, 1), (&cancel_y, 1)];
+        input.sort();
+        let mut output = Vec::new();
+        dedup(&0, &input, &mut output);
+        let kept: Vec<&str> = output.iter().filter_map(|(o, _)| match o {
+            Outcome::Keep(e) => Some(e.event_id.as_str()),
+            Outcome::Duplicate(_) => None,
+        }).collect();
+        assert_eq!(kept, ["x", "z"], "y is cancelled by z");
+        let duplicates: Vec<(u64, isize)> = output.iter().filter_map(|(o, n)| match o {
+            Outcome::Duplicate(a) => Some((a.position, *n)),
+            Outcome::Keep(_) => None,
+        }).collect();
+        assert_eq!(duplicates, [(3, 2)], "both later deliveries of x are duplicates");
+    }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use tidemark_dataflows::reference::views_at;
+use tidemark_dataflows::reference::{difference, state_at, views_at};
 use tidemark_dataflows::views::ViewRow;
 
 fn check_against_reference(records: &[(tidemark_dataflows::decode::RawRecord, u64)], workers: usize, label: &str) -> Vec<Update> {

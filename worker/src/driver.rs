@@ -48,11 +48,12 @@ pub const SIMULATED_START_MS: i64 = 1_793_491_200_000;
 /// One view change: row, ingestion time, diff.
 pub type Update = (ViewRow, Time, isize);
 
-/// View changes from one worker, filtered to what the aggregator needs.
+/// The funnel dimensions the live summary shows.
+pub const SUMMARY_DIMENSIONS: [Dimension; 2] = [Dimension::All, Dimension::Country];
+
+/// View changes from one worker: every row for output files, else the summary's rows.
 pub struct Message {
-    /// Change in the number of sessions.
-    pub sessions_delta: i64,
-    /// The rows the summary or the output files need.
+    /// The changes.
     pub updates: Vec<Update>,
 }
 
@@ -61,6 +62,8 @@ pub struct Message {
 pub struct Shared {
     /// Records inserted so far (this process).
     pub ingested: AtomicU64,
+    /// Sessions in this process's shards of the `sessions` view, as of the frontier.
+    pub sessions: Arc<std::sync::atomic::AtomicI64>,
     /// Bytes of the input file read by worker 0 (for the progress bar).
     pub bytes_read: Arc<AtomicU64>,
     /// The views' frontier as seen by worker 0 (ingestion ms).
@@ -221,16 +224,23 @@ fn run_worker(
     let dead_letter = args.dead_letter.is_some();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
-        let (probe, _) = build(records, &config)
-            .rows()
+        let views = build(records, &config);
+        let observed = if full { views.rows() } else { views.summary_rows(&SUMMARY_DIMENSIONS, dead_letter) };
+        let sessions = shared.sessions.clone();
+        let (probe, _) = views
+            .session_count()
             .inspect_batch(move |_time, batch| {
-                let message = filter_batch(batch, full, dead_letter);
-                if message.sessions_delta != 0 || !message.updates.is_empty() {
-                    // A closed channel means the aggregator is gone; nothing is left to show.
-                    let _ = tx.send(message);
-                }
+                sessions.fetch_add(batch.iter().map(|u| u.2 as i64).sum(), Ordering::Relaxed);
             })
             .probe();
+        observed
+            .inspect_batch(move |_time, batch| {
+                if !batch.is_empty() {
+                    // A closed channel means the aggregator is gone; nothing is left to show.
+                    let _ = tx.send(Message { updates: batch.to_vec() });
+                }
+            })
+            .probe_with(&probe);
         (input, probe)
     });
 
@@ -341,25 +351,4 @@ fn agree_locally(worker: &mut timely::worker::Worker, shared: &Shared, reached: 
         }
         worker.step_or_park(Some(Duration::from_millis(1)));
     }
-}
-
-/// Keeps what the aggregator needs: all rows for output files, otherwise the summary's
-/// rows (KPIs, funnel by all and country, reject counts) and rejects for the dead letter.
-fn filter_batch(batch: &[Update], full: bool, dead_letter: bool) -> Message {
-    let mut message = Message { sessions_delta: 0, updates: Vec::new() };
-    for update in batch {
-        let keep = match &update.0 {
-            ViewRow::Sessions(_) => {
-                message.sessions_delta += update.2 as i64;
-                false
-            }
-            ViewRow::Funnel { key, .. } => matches!(key.dimension, Dimension::All | Dimension::Country),
-            ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } => true,
-            ViewRow::Rejects(_) => dead_letter,
-        };
-        if full || keep {
-            message.updates.push(update.clone());
-        }
-    }
-    message
 }

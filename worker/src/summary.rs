@@ -20,7 +20,6 @@ pub struct Summary<'a> {
     title: String,
     file_size: Option<u64>,
     tty: bool,
-    sessions: i64,
     kpis: BTreeMap<KpiKey, KpiAgg>,
     funnel: BTreeMap<FunnelKey, FunnelAgg>,
     rejected: BTreeMap<RejectReason, i64>,
@@ -49,7 +48,6 @@ impl<'a> Summary<'a> {
             title: args.describe(),
             file_size: args.input.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
             tty: std::io::stdout().is_terminal(),
-            sessions: 0,
             kpis: BTreeMap::new(),
             funnel: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -60,7 +58,6 @@ impl<'a> Summary<'a> {
     /// Applies a batch of view changes. Rows are replaced as (old -1, new +1) pairs, so
     /// an insertion replaces and a retraction removes only the row it names.
     pub fn apply(&mut self, message: &Message) {
-        self.sessions += message.sessions_delta;
         // Apply retractions before insertions, so a replaced row survives.
         for pass in [false, true] {
             for (row, _time, diff) in message.updates.iter().filter(|u| (u.2 > 0) == pass) {
@@ -102,7 +99,7 @@ impl<'a> Summary<'a> {
             if frontier == 0 || frontier == Time::MAX { "-".to_owned() } else { format_timestamp(frontier as i64) },
             if final_time.is_some() { " (final)" } else { "" },
         );
-        out += &format!("live sessions {}\n\nKPIs (latest windows)\n", self.sessions);
+        out += &format!("live sessions {}\n\nKPIs (latest windows)\n", self.shared.sessions.load(Ordering::Relaxed));
         out += "  window                     events   views   carts  purchases  orders      revenue      AOV  sessions  conv%   users\n";
         for g in Granularity::ALL {
             if let Some((key, k)) = self.kpis.iter().filter(|(k, _)| k.granularity == g).next_back() {

@@ -1,7 +1,6 @@
 //! Shared test support: a random record mix and a single-process dataflow runner.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use differential_dataflow::input::Input;
@@ -158,34 +157,6 @@ pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &View
     .expect("timely runs");
     let updates = std::mem::take(&mut *updates.lock().expect("workers are done"));
     updates
-}
-
-/// The contents at `t` of a list of updates.
-pub fn state_at(updates: &[Update], t: Time) -> BTreeMap<ViewRow, i64> {
-    let mut state = BTreeMap::new();
-    for (row, time, diff) in updates {
-        if *time <= t {
-            *state.entry(row.clone()).or_insert(0) += *diff as i64;
-        }
-    }
-    state.retain(|_, count| *count != 0);
-    state
-}
-
-/// Describes how two view states differ (empty when equal).
-pub fn difference(actual: &BTreeMap<ViewRow, i64>, expected: &BTreeMap<ViewRow, i64>) -> String {
-    let mut out = String::new();
-    for (row, count) in actual {
-        if expected.get(row) != Some(count) {
-            out += &format!("  dataflow has {count} x {row:?} (reference: {:?})\n", expected.get(row));
-        }
-    }
-    for (row, count) in expected {
-        if !actual.contains_key(row) {
-            out += &format!("  reference has {count} x {row:?}, dataflow none\n");
-        }
-    }
-    out
 }
 
 /// Times worth checking: every ingestion and update time, and one after the last.
