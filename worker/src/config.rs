@@ -56,7 +56,7 @@ pub struct RunArgs {
 
     /// Generator rate in events per second (the whole cluster). Live mode paces to it;
     /// with `--max-speed` it only sets how fast simulated time passes.
-    #[arg(long, env = "TIDEMARK_RATE", default_value_t = 20_000)]
+    #[arg(long, env = "TIDEMARK_RATE", default_value_t = 10_000)]
     pub rate: u64,
     /// Generate as fast as possible; ingestion times follow the generator's simulated
     /// clock, so results do not depend on the machine's speed.
@@ -71,8 +71,9 @@ pub struct RunArgs {
     /// Generator seed.
     #[arg(long, env = "TIDEMARK_SEED", default_value_t = 1)]
     pub seed: u64,
-    /// Generator user population.
-    #[arg(long, env = "TIDEMARK_USERS", default_value_t = 100_000)]
+    /// Generator user population. Users return after more than 30 minutes, so it takes
+    /// about 700 users per event/s of `--rate` for sessions to stay realistic.
+    #[arg(long, env = "TIDEMARK_USERS", default_value_t = 7_000_000)]
     pub users: u64,
     /// Generate only valid, on-time, unique events (no late, duplicate, corrected or
     /// malformed records).
