@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::event::{Device, Event, EventType, Geo, Utm};
+use crate::event::{Device, Event, EventType, Geo, Text, Utm};
 use crate::time::{parse_timestamp, Millis, Time};
 
 /// How the bytes of a record are laid out.
@@ -268,7 +268,7 @@ fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Ev
     if event.event_type == EventType::Retraction && event.retracts.is_none() {
         return Err(Invalid::missing("retracts"));
     }
-    if event.retracts.as_deref() == Some(event.event_id.as_str()) {
+    if event.retracts.as_deref() == Some(&*event.event_id) {
         return Err(Invalid(RejectReason::BadType, "an event cannot retract itself".into()));
     }
     Ok(event)
@@ -390,12 +390,12 @@ struct WireEvent<'a> {
     retracts: Option<Id<'a>>,
 }
 
-fn own(v: Option<Cow<'_, str>>) -> Option<String> {
-    v.map(Cow::into_owned)
+fn own(v: Option<Cow<'_, str>>) -> Option<Text> {
+    v.map(|c| Text::from(c.as_ref()))
 }
 
-fn own_id(v: Option<Id<'_>>) -> Option<String> {
-    v.map(|id| id.0.into_owned())
+fn own_id(v: Option<Id<'_>>) -> Option<Text> {
+    v.map(|id| Text::from(id.0.as_ref()))
 }
 
 fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
@@ -432,9 +432,9 @@ fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
     };
     Ok(Event {
         event_ts,
-        event_id: event_id.into_owned(),
+        event_id: Text::from(event_id.as_ref()),
         event_type,
-        user_id: user_id.into_owned(),
+        user_id: Text::from(user_id.as_ref()),
         session_id: own_id(wire.session_id).filter(|s| !s.is_empty()),
         product_id: own_id(wire.product_id),
         category: own(wire.category).filter(|c| !c.is_empty()),
@@ -477,8 +477,8 @@ fn decode_rees46(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
     if user.is_empty() {
         return Err(Invalid::missing("user_id"));
     }
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let mut event = Event::new(format!("rees46:{position}"), event_type, event_ts, user);
+    let non_empty = |s: &str| (!s.is_empty()).then(|| Text::from(s));
+    let mut event = Event::new(&format!("rees46:{position}"), event_type, event_ts, user);
     event.session_id = non_empty(session);
     event.product_id = non_empty(product);
     event.category = non_empty(category_code);
@@ -512,10 +512,10 @@ fn decode_cdnow(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
         .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("date {date:?} is not YYYYMMDD")))?;
     let _: u32 = cds.parse().map_err(|_| Invalid(RejectReason::BadType, format!("cd count {cds:?} is not an integer")))?;
     let dollars: f64 = dollars.parse().map_err(|_| Invalid(RejectReason::BadType, format!("amount {dollars:?} is not a number")))?;
-    let mut event = Event::new(format!("cdnow:{position}"), EventType::Purchase, event_ts, format!("cdnow:{customer}"));
+    let mut event = Event::new(&format!("cdnow:{position}"), EventType::Purchase, event_ts, &format!("cdnow:{customer}"));
     event.price_cents = Some(to_cents(dollars, "amount")?);
-    event.order_id = Some(format!("cdnow:{position}"));
-    event.currency = Some("USD".into());
+    event.order_id = Some(event.event_id.clone());
+    event.currency = Some(Text::from("USD"));
     Ok(event)
 }
 
@@ -538,8 +538,8 @@ mod tests {
     #[test]
     fn accepts_a_full_event() {
         let e = json(OK).expect("valid");
-        assert_eq!(e.event_id, "e1");
-        assert_eq!(e.user_id, "42");
+        assert_eq!(&*e.event_id, "e1");
+        assert_eq!(&*e.user_id, "42");
         assert_eq!(e.event_type, EventType::Purchase);
         assert_eq!(e.event_ts, 1_700_000_000_000);
         assert_eq!(e.amount_cents(), 3998);
@@ -588,13 +588,13 @@ mod tests {
         };
         let t = 1_569_888_000_000;
         let e = decode(&row, t, &DecodeConfig::default()).expect("valid row");
-        assert_eq!((e.event_id.as_str(), e.event_type, e.price_cents), ("rees46:3", EventType::ProductView, Some(3320)));
+        assert_eq!((&*e.event_id, e.event_type, e.price_cents), ("rees46:3", EventType::ProductView, Some(3320)));
         assert_eq!(e.category.as_deref(), Some("appliances.environment.water_heater"));
         assert_eq!(peek_event_ts(&row), Some(t as i64));
         let cut = RawRecord { bytes: b"2019-10-01 02:50:00 UTC,view,10900305,2053013555069845885,appliances.kitchen.mixer,elenberg,25.71,520403300".to_vec(), ..row };
         assert_eq!(decode(&cut, t, &DecodeConfig::default()).expect_err("cut row").reason, RejectReason::Malformed);
         let cd = RawRecord { format: Format::Cdnow, position: 1, bytes: b" 00004 0001 19970101  2   29.33".to_vec() };
         let e = decode(&cd, 852_076_800_000 + 1, &DecodeConfig::default()).expect("cdnow row");
-        assert_eq!((e.user_id.as_str(), e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
+        assert_eq!((&*e.user_id, e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
     }
 }

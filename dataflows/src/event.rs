@@ -8,9 +8,15 @@
 //! event is removed from every view and the correction (unless its type is
 //! [`EventType::Retraction`], a pure cancellation) takes its place.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
+
+/// Text in events and rows: shared, so that copies made by arrangements (on every
+/// merge) and by views (rows repeat ids and dimension values) cost a reference count.
+pub type Text = Arc<str>;
 
 /// The kind of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -90,31 +96,31 @@ impl EventType {
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Utm {
     /// `utm_source`, e.g. `google`.
-    pub source: Option<String>,
+    pub source: Option<Text>,
     /// `utm_medium`, e.g. `cpc`.
-    pub medium: Option<String>,
+    pub medium: Option<Text>,
     /// `utm_campaign`.
-    pub campaign: Option<String>,
+    pub campaign: Option<Text>,
 }
 
 /// The device an event came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Device {
     /// Operating system, e.g. `ios`.
-    pub os: Option<String>,
+    pub os: Option<Text>,
     /// Whether the device is a phone or tablet.
     pub mobile: Option<bool>,
     /// A stable device identifier.
-    pub device_id: Option<String>,
+    pub device_id: Option<Text>,
 }
 
 /// Where an event came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Geo {
     /// ISO 3166-1 alpha-2 country code.
-    pub country: Option<String>,
+    pub country: Option<Text>,
     /// City name.
-    pub city: Option<String>,
+    pub city: Option<Text>,
     /// Latitude in micro-degrees.
     pub lat_e6: Option<i32>,
     /// Longitude in micro-degrees.
@@ -127,25 +133,25 @@ pub struct Event {
     /// Event time, milliseconds since the epoch.
     pub event_ts: Millis,
     /// Unique id: deliveries with the same id count once.
-    pub event_id: String,
+    pub event_id: Text,
     /// What happened.
     pub event_type: EventType,
     /// Who did it.
-    pub user_id: String,
+    pub user_id: Text,
     /// The shop's session id, when it sends one; otherwise sessions are derived.
-    pub session_id: Option<String>,
+    pub session_id: Option<Text>,
     /// Product concerned.
-    pub product_id: Option<String>,
+    pub product_id: Option<Text>,
     /// Product category.
-    pub category: Option<String>,
+    pub category: Option<Text>,
     /// Unit price in cents (the amount, for payments and refunds).
     pub price_cents: Option<i64>,
     /// Number of units (1 when absent).
     pub quantity: u32,
     /// ISO 4217 currency code.
-    pub currency: Option<String>,
+    pub currency: Option<Text>,
     /// Order the event belongs to.
-    pub order_id: Option<String>,
+    pub order_id: Option<Text>,
     /// Marketing attribution.
     pub utm: Option<Utm>,
     /// Device.
@@ -153,21 +159,21 @@ pub struct Event {
     /// Location.
     pub geo: Option<Geo>,
     /// Client IP address.
-    pub ip: Option<String>,
+    pub ip: Option<Text>,
     /// Hashed payment instrument.
-    pub card_id: Option<String>,
+    pub card_id: Option<Text>,
     /// The id of an earlier event this one corrects or cancels.
-    pub retracts: Option<String>,
+    pub retracts: Option<Text>,
 }
 
 impl Event {
     /// A minimal event of the given type; the other fields are empty.
-    pub fn new(event_id: impl Into<String>, event_type: EventType, event_ts: Millis, user_id: impl Into<String>) -> Self {
+    pub fn new(event_id: &str, event_type: EventType, event_ts: Millis, user_id: &str) -> Self {
         Event {
             event_ts,
-            event_id: event_id.into(),
+            event_id: Text::from(event_id),
             event_type,
-            user_id: user_id.into(),
+            user_id: Text::from(user_id),
             session_id: None,
             product_id: None,
             category: None,
@@ -217,7 +223,7 @@ impl Event {
         obj.insert("event_type".into(), s(self.event_type.name()));
         obj.insert("event_ts".into(), s(&crate::time::format_timestamp(self.event_ts)));
         obj.insert("user_id".into(), s(&self.user_id));
-        let mut opt = |k: &str, v: &Option<String>| {
+        let mut opt = |k: &str, v: &Option<Text>| {
             if let Some(v) = v {
                 obj.insert(k.into(), s(v));
             }

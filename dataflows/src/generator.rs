@@ -1778,7 +1778,7 @@ mod tests {
         let mut retractions = 0;
         for part in 0..2 {
             let mut earlier_bytes = HashSet::new();
-            let mut earlier: HashMap<String, Event> = HashMap::new();
+            let mut earlier: HashMap<crate::event::Text, Event> = HashMap::new();
             for g in take(&config, part, 2, 100_000) {
                 match g.expected {
                     Expected::Accepted => {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::{decode, Format, RawRecord, Reject, RejectReason};
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Text};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use crate::time::{Granularity, Time};
 use crate::views::{ViewConfig, ViewRow};
@@ -48,7 +48,7 @@ pub fn views_at(records: &[(RawRecord, Time)], t: Time, config: &ViewConfig) -> 
     let mut valid: Vec<&Event> = Vec::new();
     for (ingest, position, event) in &arrivals {
         if seen.insert(&event.event_id) {
-            if !cancelled.contains(event.event_id.as_str()) && event.event_type != EventType::Retraction {
+            if !cancelled.contains(&*event.event_id) && event.event_type != EventType::Retraction {
                 valid.push(event);
             }
         } else {
@@ -78,7 +78,7 @@ pub fn views_at(records: &[(RawRecord, Time)], t: Time, config: &ViewConfig) -> 
         for g in Granularity::ALL {
             for d in Dimension::ALL {
                 let value = match d {
-                    Dimension::All => Some("all".to_owned()),
+                    Dimension::All => Some(Text::from("all")),
                     Dimension::Country => s.country.clone(),
                     Dimension::Device => s.device.clone(),
                     Dimension::UtmSource => s.utm_source.clone(),
@@ -88,7 +88,7 @@ pub fn views_at(records: &[(RawRecord, Time)], t: Time, config: &ViewConfig) -> 
                     granularity: g,
                     window_start: s.start_ts - s.start_ts.rem_euclid(g.millis()),
                     dimension: d,
-                    value: value.unwrap_or_else(|| "(none)".to_owned()),
+                    value: value.unwrap_or_else(|| Text::from("(none)")),
                 };
                 let (agg, users) = funnel.entry(key).or_default();
                 agg.sessions += 1;
@@ -184,7 +184,7 @@ fn sessions(valid: &[&Event]) -> Vec<SessionRow> {
 fn session_row(user: &str, session_id: String, events: &[&Event]) -> SessionRow {
     let count = |t: EventType| events.iter().filter(|e| e.event_type == t).count() as u64;
     let purchases: Vec<&&Event> = events.iter().filter(|e| e.event_type == EventType::Purchase).collect();
-    let first_of = |f: &dyn Fn(&Event) -> Option<String>| events.iter().find_map(|e| f(e));
+    let first_of = |f: &dyn Fn(&Event) -> Option<Text>| events.iter().find_map(|e| f(e));
     // The ordered funnel: the position of each step must follow the previous one.
     let steps = [
         |e: &Event| matches!(e.event_type, EventType::PageView | EventType::ProductView),
@@ -204,8 +204,8 @@ fn session_row(user: &str, session_id: String, events: &[&Event]) -> SessionRow 
         }
     }
     SessionRow {
-        user_id: user.to_owned(),
-        session_id,
+        user_id: Text::from(user),
+        session_id: Text::from(session_id),
         start_ts: events.iter().map(|e| e.event_ts).min().expect("sessions have events"),
         end_ts: events.iter().map(|e| e.event_ts).max().expect("sessions have events"),
         events: events.len() as u64,

@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventType};
+use std::sync::Arc;
+
+use crate::event::{Event, EventType, Text};
 use crate::time::{Granularity, Millis};
 
 /// Sessions are split after this much inactivity when the shop sends no `session_id`.
@@ -24,6 +26,11 @@ pub const SESSION_GAP_MS: Millis = 30 * 60 * 1000;
 /// The value used for a dimension that a session does not carry.
 pub const NONE_VALUE: &str = "(none)";
 
+thread_local! {
+    static ALL_VALUE: Text = Text::from("all");
+    static NONE: Text = Text::from(NONE_VALUE);
+}
+
 /// One session of one user.
 ///
 /// Key: `(user_id, session_id)`. A derived session (no `session_id` from the shop) is named
@@ -31,9 +38,9 @@ pub const NONE_VALUE: &str = "(none)";
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionRow {
     /// The user.
-    pub user_id: String,
+    pub user_id: Text,
     /// The shop's session id, or `derived:<start ms>`.
-    pub session_id: String,
+    pub session_id: Text,
     /// Event time of the first event.
     pub start_ts: Millis,
     /// Event time of the last event.
@@ -59,13 +66,13 @@ pub struct SessionRow {
     /// Furthest ordered funnel step reached: 0 none, 1 view, 2 cart, 3 checkout, 4 purchase.
     pub funnel_step: u8,
     /// Country of the first event that has one.
-    pub country: Option<String>,
+    pub country: Option<Text>,
     /// Device OS of the first event that has one.
-    pub device: Option<String>,
+    pub device: Option<Text>,
     /// UTM source of the first event that has one.
-    pub utm_source: Option<String>,
+    pub utm_source: Option<Text>,
     /// Category of the first event that has one.
-    pub category: Option<String>,
+    pub category: Option<Text>,
 }
 
 /// The arrangement key of an id: a fixed, process-independent 64-bit hash.
@@ -82,51 +89,21 @@ pub fn key_of(id: &str) -> u64 {
     hasher.finish()
 }
 
-/// The slice of an event that sessions need (smaller than [`Event`]).
+/// An event as sessions see it: ordered by (`event_ts`, `event_type`, then the event,
+/// whose own order starts with its id), which is the order sessions walk events in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionEvent {
     /// Event time (first, so that values sort by time).
     pub event_ts: Millis,
     /// Event type (second: at equal times, views sort before carts before purchases).
     pub event_type: EventType,
-    /// Event id (third: a total, deterministic order).
-    pub event_id: String,
-    /// The user (several users may share an arrangement key).
-    pub user_id: std::sync::Arc<str>,
-    /// Shop session id.
-    pub session_id: Option<String>,
-    /// Product.
-    pub product_id: Option<String>,
-    /// Category.
-    pub category: Option<String>,
-    /// Order key of a purchase.
-    pub order_key: Option<String>,
-    /// Amount in cents.
-    pub amount_cents: i64,
-    /// Country.
-    pub country: Option<String>,
-    /// Device OS.
-    pub device: Option<String>,
-    /// UTM source.
-    pub utm_source: Option<String>,
+    /// The event (shared with the dedup stage).
+    pub event: Arc<Event>,
 }
 
-impl From<&Event> for SessionEvent {
-    fn from(e: &Event) -> Self {
-        SessionEvent {
-            event_ts: e.event_ts,
-            event_type: e.event_type,
-            event_id: e.event_id.clone(),
-            user_id: std::sync::Arc::from(e.user_id.as_str()),
-            session_id: e.session_id.clone(),
-            product_id: e.product_id.clone(),
-            category: e.category.clone(),
-            order_key: (e.event_type == EventType::Purchase).then(|| e.order_key().to_owned()),
-            amount_cents: e.amount_cents(),
-            country: e.country().map(str::to_owned),
-            device: e.device_os().map(str::to_owned),
-            utm_source: e.utm_source().map(str::to_owned),
-        }
+impl From<&Arc<Event>> for SessionEvent {
+    fn from(e: &Arc<Event>) -> Self {
+        SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e.clone() }
     }
 }
 
@@ -136,9 +113,9 @@ impl From<&Event> for SessionEvent {
 pub fn sessionize_users(events: &[&SessionEvent]) -> Vec<SessionRow> {
     let mut by_user: std::collections::BTreeMap<&str, Vec<&SessionEvent>> = std::collections::BTreeMap::new();
     for &e in events {
-        by_user.entry(&e.user_id).or_default().push(e);
+        by_user.entry(&e.event.user_id).or_default().push(e);
     }
-    by_user.into_iter().flat_map(|(user, events)| sessionize(user, &events)).collect()
+    by_user.into_values().flat_map(|events| sessionize(&events)).collect()
 }
 
 /// Splits one user's events into sessions.
@@ -146,12 +123,14 @@ pub fn sessionize_users(events: &[&SessionEvent]) -> Vec<SessionRow> {
 /// `events` must be sorted by (`event_ts`, `event_type`, `event_id`), as differential
 /// presents reduce inputs. Events with a `session_id` group by it; the others split where
 /// consecutive events lie more than [`SESSION_GAP_MS`] apart.
-pub fn sessionize(user_id: &str, events: &[&SessionEvent]) -> Vec<SessionRow> {
+pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
+    let Some(first) = events.first() else { return Vec::new() };
+    let user = &first.event.user_id;
     let mut given: Vec<(&str, Vec<&SessionEvent>)> = Vec::new();
     let mut derived: Vec<Vec<&SessionEvent>> = Vec::new();
     for &e in events {
-        match &e.session_id {
-            Some(id) => match given.iter_mut().find(|(g, _)| *g == id.as_str()) {
+        match &e.event.session_id {
+            Some(id) => match given.iter_mut().find(|(g, _)| *g == &**id) {
                 Some((_, group)) => group.push(e),
                 None => given.push((id, vec![e])),
             },
@@ -161,15 +140,15 @@ pub fn sessionize(user_id: &str, events: &[&SessionEvent]) -> Vec<SessionRow> {
             },
         }
     }
-    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user_id, id.to_owned(), &group)).collect();
-    rows.extend(derived.into_iter().map(|group| summarize(user_id, format!("derived:{}", group[0].event_ts), &group)));
+    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, Text::from(id), &group)).collect();
+    rows.extend(derived.into_iter().map(|group| summarize(user, Text::from(format!("derived:{}", group[0].event_ts)), &group)));
     rows
 }
 
-fn summarize(user_id: &str, session_id: String, events: &[&SessionEvent]) -> SessionRow {
-    let first = |f: fn(&SessionEvent) -> &Option<String>| events.iter().find_map(|e| f(e).clone());
+fn summarize(user_id: &Text, session_id: Text, events: &[&SessionEvent]) -> SessionRow {
+    let first = |f: fn(&Event) -> Option<&Text>| events.iter().find_map(|e| f(&e.event).cloned());
     let mut row = SessionRow {
-        user_id: user_id.to_owned(),
+        user_id: user_id.clone(),
         session_id,
         start_ts: events[0].event_ts,
         end_ts: events[events.len() - 1].event_ts,
@@ -183,10 +162,10 @@ fn summarize(user_id: &str, session_id: String, events: &[&SessionEvent]) -> Ses
         orders: 0,
         revenue_cents: 0,
         funnel_step: 0,
-        country: first(|e| &e.country),
-        device: first(|e| &e.device),
-        utm_source: first(|e| &e.utm_source),
-        category: first(|e| &e.category),
+        country: first(|e| e.geo.as_ref()?.country.as_ref()),
+        device: first(|e| e.device.as_ref()?.os.as_ref()),
+        utm_source: first(|e| e.utm.as_ref()?.source.as_ref()),
+        category: first(|e| e.category.as_ref()),
     };
     let mut products = BTreeSet::new();
     let mut orders = BTreeSet::new();
@@ -195,14 +174,14 @@ fn summarize(user_id: &str, session_id: String, events: &[&SessionEvent]) -> Ses
             EventType::PageView => row.page_views += 1,
             EventType::ProductView => {
                 row.product_views += 1;
-                products.extend(e.product_id.as_deref());
+                products.extend(e.event.product_id.as_deref());
             }
             EventType::AddToCart => row.cart_adds += 1,
             EventType::Checkout => row.checkouts += 1,
             EventType::Purchase => {
                 row.purchases += 1;
-                row.revenue_cents += e.amount_cents;
-                orders.extend(e.order_key.as_deref());
+                row.revenue_cents += e.event.amount_cents();
+                orders.insert(e.event.order_key());
             }
             _ => {}
         }
@@ -245,15 +224,15 @@ impl Dimension {
     pub const ALL: [Dimension; 5] = [Dimension::All, Dimension::Country, Dimension::Device, Dimension::UtmSource, Dimension::Category];
 
     /// The dimension's value for a session.
-    pub fn value_of(self, s: &SessionRow) -> String {
+    pub fn value_of(self, s: &SessionRow) -> Text {
         let v = match self {
-            Dimension::All => return "all".to_owned(),
+            Dimension::All => return ALL_VALUE.with(Text::clone),
             Dimension::Country => &s.country,
             Dimension::Device => &s.device,
             Dimension::UtmSource => &s.utm_source,
             Dimension::Category => &s.category,
         };
-        v.clone().unwrap_or_else(|| NONE_VALUE.to_owned())
+        v.clone().unwrap_or_else(|| NONE.with(Text::clone))
     }
 }
 
@@ -267,7 +246,7 @@ pub struct FunnelKey {
     /// Dimension.
     pub dimension: Dimension,
     /// Dimension value (`all` for [`Dimension::All`], `(none)` when absent).
-    pub value: String,
+    pub value: Text,
 }
 
 /// Every funnel key a session counts under: one per granularity and dimension, in the
@@ -523,8 +502,8 @@ mod tests {
 
     fn ev(user: &str, id: &str, ts: Millis, t: EventType, session: Option<&str>) -> SessionEvent {
         let mut e = Event::new(id, t, ts, user);
-        e.session_id = session.map(str::to_owned);
-        SessionEvent::from(&e)
+        e.session_id = session.map(Text::from);
+        SessionEvent::from(&Arc::new(e))
     }
 
     /// Users that share an arrangement key are sessionized separately.
@@ -542,14 +521,14 @@ mod tests {
         let mut together = sessionize_users(&refs);
         let mut apart: Vec<SessionRow> = ["a", "b"]
             .iter()
-            .flat_map(|u| sessionize(u, &refs.iter().copied().filter(|e| &*e.user_id == *u).collect::<Vec<_>>()))
+            .flat_map(|u| sessionize(&refs.iter().copied().filter(|e| &*e.event.user_id == *u).collect::<Vec<_>>()))
             .collect();
         together.sort();
         apart.sort();
         assert_eq!(together, apart);
         // a: derived session (view, cart) and shop session "s"; b: two sessions 39 min apart.
         assert_eq!(together.len(), 4);
-        let a_derived = together.iter().find(|s| s.user_id == "a" && s.session_id.starts_with("derived")).expect("a's session");
+        let a_derived = together.iter().find(|s| &*s.user_id == "a" && s.session_id.starts_with("derived")).expect("a's session");
         assert_eq!((a_derived.events, a_derived.funnel_step), (2, 2));
     }
 

@@ -224,7 +224,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
 
     let by_user = events
         .clone()
-        .map(|e| (key_of(&e.user_id), Arc::new(SessionEvent::from(&*e))))
+        .map(|e| (key_of(&e.user_id), SessionEvent::from(&e)))
         .arrange_by_key_named("Arrange: events by user");
     let sessions = by_user
         .clone()
@@ -357,7 +357,7 @@ fn dedup(_key: &u64, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize
         match entry {
             Entry::Cancel(target) => cancelled.push(target),
             Entry::Delivery(a) => {
-                let id = a.event.event_id.as_str();
+                let id: &str = &a.event.event_id;
                 if seen.contains(&id) {
                     output.push((Outcome::Duplicate(a.clone()), *count));
                     continue;
@@ -375,10 +375,10 @@ fn dedup(_key: &u64, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize
 }
 
 /// A user's events, with multiplicities expanded, in reduce order.
-fn session_events<'a>(input: &[(&'a Arc<SessionEvent>, isize)]) -> Vec<&'a SessionEvent> {
+fn session_events<'a>(input: &[(&'a SessionEvent, isize)]) -> Vec<&'a SessionEvent> {
     let mut events = Vec::with_capacity(input.len());
     for (e, count) in input {
-        events.extend(std::iter::repeat_n(&***e, (*count).max(0) as usize));
+        events.extend(std::iter::repeat_n(*e, (*count).max(0) as usize));
     }
     events
 }
@@ -416,7 +416,7 @@ mod tests {
 
     fn arrival(id: &str, ingest: Time, position: u64, retracts: Option<&str>) -> Arrival {
         let mut event = Event::new(id, EventType::PageView, 0, "u");
-        event.retracts = retracts.map(str::to_owned);
+        event.retracts = retracts.map(Arc::from);
         Arrival { ingest, position, event: Arc::new(event) }
     }
 
@@ -433,7 +433,7 @@ mod tests {
         let mut output = Vec::new();
         dedup(&0, &input, &mut output);
         let kept: Vec<&str> = output.iter().filter_map(|(o, _)| match o {
-            Outcome::Keep(e) => Some(e.event_id.as_str()),
+            Outcome::Keep(e) => Some(&*e.event_id),
             Outcome::Duplicate(_) => None,
         }).collect();
         assert_eq!(kept, ["x", "z"], "y is cancelled by z");
