@@ -20,9 +20,9 @@ pub struct Summary<'a> {
     title: String,
     file_size: Option<u64>,
     tty: bool,
-    kpis: BTreeMap<KpiKey, KpiAgg>,
-    funnel: BTreeMap<FunnelKey, FunnelAgg>,
-    rejected: BTreeMap<RejectReason, i64>,
+    /// The rows shown, as a multiset: diffs arrive sorted by row rather than by time,
+    /// so rows are counted, never overwritten.
+    rows: BTreeMap<ViewRow, i64>,
     rate: RateMeter,
 }
 
@@ -30,14 +30,6 @@ struct RateMeter {
     at: Instant,
     count: u64,
     per_sec: f64,
-}
-
-fn upsert<K: Ord + Clone, V: PartialEq + Clone>(map: &mut BTreeMap<K, V>, key: &K, value: &V, diff: isize) {
-    if diff > 0 {
-        map.insert(key.clone(), value.clone());
-    } else if map.get(key) == Some(value) {
-        map.remove(key);
-    }
 }
 
 impl<'a> Summary<'a> {
@@ -48,29 +40,49 @@ impl<'a> Summary<'a> {
             title: args.describe(),
             file_size: args.input.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
             tty: std::io::stdout().is_terminal(),
-            kpis: BTreeMap::new(),
-            funnel: BTreeMap::new(),
-            rejected: BTreeMap::new(),
+            rows: BTreeMap::new(),
             rate: RateMeter { at: Instant::now(), count: 0, per_sec: 0.0 },
         }
     }
 
-    /// Applies a batch of view changes. Rows are replaced as (old -1, new +1) pairs, so
-    /// an insertion replaces and a retraction removes only the row it names.
+    /// Applies a batch of view changes. A batch holds every change of the times it
+    /// covers, so after each batch the multiset is the views' contents at some time.
     pub fn apply(&mut self, message: &Message) {
-        // Apply retractions before insertions, so a replaced row survives.
-        for pass in [false, true] {
-            for (row, _time, diff) in message.updates.iter().filter(|u| (u.2 > 0) == pass) {
-                match row {
-                    ViewRow::Kpis { key, agg } => upsert(&mut self.kpis, key, agg, *diff),
-                    ViewRow::Funnel { key, agg } if matches!(key.dimension, Dimension::All | Dimension::Country) => {
-                        upsert(&mut self.funnel, key, agg, *diff)
-                    }
-                    ViewRow::RejectedByReason { reason, count } => upsert(&mut self.rejected, reason, count, *diff),
-                    _ => {}
+        for (row, _time, diff) in &message.updates {
+            let shown = match row {
+                ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } => true,
+                ViewRow::Funnel { key, .. } => matches!(key.dimension, Dimension::All | Dimension::Country),
+                ViewRow::Sessions(_) | ViewRow::Rejects(_) => false,
+            };
+            if shown {
+                let count = self.rows.entry(row.clone()).or_insert(0);
+                *count += *diff as i64;
+                if *count == 0 {
+                    self.rows.remove(row);
                 }
             }
         }
+    }
+
+    fn kpis(&self) -> impl Iterator<Item = (&KpiKey, &KpiAgg)> {
+        self.rows.keys().filter_map(|row| match row {
+            ViewRow::Kpis { key, agg } => Some((key, agg)),
+            _ => None,
+        })
+    }
+
+    fn funnel(&self) -> impl Iterator<Item = (&FunnelKey, &FunnelAgg)> {
+        self.rows.keys().filter_map(|row| match row {
+            ViewRow::Funnel { key, agg } => Some((key, agg)),
+            _ => None,
+        })
+    }
+
+    fn rejected(&self) -> impl Iterator<Item = (RejectReason, i64)> + '_ {
+        self.rows.keys().filter_map(|row| match row {
+            ViewRow::RejectedByReason { reason, count } => Some((*reason, *count)),
+            _ => None,
+        })
     }
 
     fn measure(&mut self) -> (u64, f64) {
@@ -102,7 +114,7 @@ impl<'a> Summary<'a> {
         out += &format!("live sessions {}\n\nKPIs (latest windows)\n", self.shared.sessions.load(Ordering::Relaxed));
         out += "  window                     events   views   carts  purchases  orders      revenue      AOV  sessions  conv%   users\n";
         for g in Granularity::ALL {
-            if let Some((key, k)) = self.kpis.iter().filter(|(k, _)| k.granularity == g).next_back() {
+            if let Some((key, k)) = self.kpis().filter(|(k, _)| k.granularity == g).last() {
                 let r = k.rates();
                 out += &format!(
                     "  {:<6} {:<19} {:>7} {:>7} {:>7} {:>10} {:>7} {:>12.2} {:>8} {:>9} {:>6} {:>7}\n",
@@ -121,11 +133,11 @@ impl<'a> Summary<'a> {
                 );
             }
         }
-        if let Some(hour) = self.funnel.keys().filter(|k| k.granularity == Granularity::Hour).map(|k| k.window_start).max() {
+        if let Some(hour) = self.funnel().filter(|(k, _)| k.granularity == Granularity::Hour).map(|(k, _)| k.window_start).max() {
             out += &format!("\nFunnel, hour from {} (sessions by start; ordered steps)\n", &format_timestamp(hour)[..16]);
             out += "  value            sessions     view     cart  checkout  purchase   buyers   revenue\n";
             let mut rows: Vec<(&FunnelKey, &FunnelAgg)> =
-                self.funnel.iter().filter(|(k, _)| k.granularity == Granularity::Hour && k.window_start == hour).collect();
+                self.funnel().filter(|(k, _)| k.granularity == Granularity::Hour && k.window_start == hour).collect();
             rows.sort_by_key(|(k, a)| (k.dimension != Dimension::All, -a.sessions));
             for (key, a) in rows.into_iter().take(7) {
                 out += &format!(
@@ -142,10 +154,8 @@ impl<'a> Summary<'a> {
             }
         }
         out += "\nRejects (within retention): ";
-        if self.rejected.is_empty() {
-            out += "none";
-        }
-        out += &self.rejected.iter().map(|(r, c)| format!("{r} {c}")).collect::<Vec<_>>().join(", ");
+        let rejected: Vec<String> = self.rejected().map(|(r, c)| format!("{r} {c}")).collect();
+        out += if rejected.is_empty() { "none".to_owned() } else { rejected.join(", ") }.as_str();
         out += "\n";
         out
     }
@@ -176,5 +186,26 @@ impl<'a> Summary<'a> {
             let _ = write!(stdout, "\x1b[2J\x1b[H");
         }
         let _ = writeln!(stdout, "{text}throughput {records} records in {secs:.3} s = {:.0} records/s", records as f64 / secs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Arranged updates arrive sorted by row, not by time: a count that went down (an
+    /// expiry) must not leave the older, larger row on screen.
+    #[test]
+    fn summary_counts_do_not_depend_on_update_order() {
+        let shared = Shared::default();
+        let args = <crate::config::RunArgs as clap::FromArgMatches>::from_arg_matches(
+            &<crate::config::RunArgs as clap::Args>::augment_args(clap::Command::new("t")).get_matches_from(["t"]),
+        )
+        .expect("default arguments parse");
+        let mut summary = Summary::new(&args, &shared);
+        let row = |count| ViewRow::RejectedByReason { reason: RejectReason::Malformed, count };
+        // At t=1 the count is 7; at t=2 it drops to 5. Sorted by row: 5 before 7.
+        summary.apply(&Message { updates: vec![(row(5), 2, 1), (row(7), 1, 1), (row(7), 2, -1)] });
+        assert_eq!(summary.rejected().collect::<Vec<_>>(), [(RejectReason::Malformed, 5)]);
     }
 }

@@ -43,7 +43,7 @@ use tidemark_worker::output::row_json;
 
 /// The single-pass loop over generated traffic (the flags of `tidemark run --max-speed`).
 #[derive(Parser, Debug)]
-#[command(name = "tidemark-single-pass", about)]
+#[command(name = "tidemark-single-pass", about = "The practical limit: funnel and KPIs over the generated traffic of `tidemark run --max-speed`, single-threaded, in one pass, no dataflow.")]
 struct Args {
     /// Records to generate (the whole stream, all parts together).
     #[arg(long, default_value_t = 1_000_000)]
@@ -85,7 +85,7 @@ struct Args {
 }
 
 // ---------------------------------------------------------------------------------------
-// Hashing: an Fx-style hasher for small keys, and pre-hashed u64 keys for interners.
+// Hashing: an Fx-style hasher for small keys; short strings stored inline and hashed once.
 
 /// The Fx hash (as in rustc), with a final rotation so that the well-mixed high bits
 /// also reach the bucket index.
@@ -144,7 +144,7 @@ impl Hasher for Fx {
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 
-/// A hasher for keys that already are good 64-bit hashes.
+/// A hasher for keys that hash themselves into one `u64` ([`Short`]).
 #[derive(Default, Clone, Copy)]
 struct PreHashed(u64);
 
@@ -162,21 +162,10 @@ impl Hasher for PreHashed {
     }
 }
 
-/// A 64-bit hash of a byte string (length-seeded, word at a time, murmur3 finaliser).
+/// A 64-bit hash of two little-endian words (murmur3's finaliser over an Fx-style mix).
 #[inline]
-fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = (b.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        h = (h ^ u64::from_le_bytes(c.try_into().expect("8 bytes"))).wrapping_mul(FX_K);
-        h ^= h >> 29;
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut buf = [0u8; 8];
-        buf[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(buf)).wrapping_mul(FX_K);
-    }
+fn hash_words(a: u64, b: u64) -> u64 {
+    let mut h = (a.wrapping_mul(FX_K) ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -184,26 +173,68 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// A string of at most [`Short::MAX`] bytes stored inline (zero-padded, length in the
+/// last byte), so that a lookup compares two words in the hash bucket itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Short([u8; 16]);
+
+impl Short {
+    const MAX: usize = 15;
+
+    #[inline]
+    fn new(s: &[u8]) -> Option<Short> {
+        (s.len() <= Short::MAX).then(|| {
+            let mut b = [0u8; 16];
+            b[..s.len()].copy_from_slice(s);
+            b[15] = s.len() as u8;
+            Short(b)
+        })
+    }
+}
+
+impl std::hash::Hash for Short {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let a = u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(self.0[8..].try_into().expect("8 bytes"));
+        state.write_u64(hash_words(a, b));
+    }
+}
+
 const NO: u32 = u32::MAX;
 
-/// Maps strings to dense `u32` ids, storing each string once in an arena. Keyed by a
-/// 64-bit hash; strings that share a hash are chained and compared, so it is exact.
+/// Maps strings to dense `u32` ids (exactly: keys are the strings themselves), and keeps
+/// every string in an arena so that an id can be turned back into its string.
 struct Interner {
-    map: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
+    short: HashMap<Short, u32, BuildHasherDefault<PreHashed>>,
+    long: FxMap<Box<[u8]>, u32>,
     /// `starts[i]..starts[i + 1]` is string `i` in `arena`.
     starts: Vec<usize>,
-    /// The next string with the same hash, or `NO`.
-    chain: Vec<u32>,
     arena: Vec<u8>,
 }
 
 impl Interner {
     fn new() -> Self {
-        Interner { map: HashMap::default(), starts: vec![0], chain: Vec::new(), arena: Vec::new() }
+        Interner::with_capacity(0)
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        Interner {
+            short: HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+            long: FxMap::default(),
+            starts: Vec::with_capacity(n + 1),
+            arena: Vec::with_capacity(n * 8),
+        }
+        .init()
+    }
+
+    fn init(mut self) -> Self {
+        self.starts.push(0);
+        self
     }
 
     fn len(&self) -> usize {
-        self.chain.len()
+        self.starts.len() - 1
     }
 
     #[inline]
@@ -217,39 +248,32 @@ impl Interner {
     }
 
     #[inline]
-    fn push(&mut self, s: &str) -> u32 {
-        let id = self.chain.len() as u32;
+    fn push(arena: &mut Vec<u8>, starts: &mut Vec<usize>, s: &[u8]) -> u32 {
+        let id = (starts.len() - 1) as u32;
         assert!(id != NO, "more than 2^32 - 1 distinct strings");
-        self.arena.extend_from_slice(s.as_bytes());
-        self.starts.push(self.arena.len());
-        self.chain.push(NO);
+        arena.extend_from_slice(s);
+        starts.push(arena.len());
         id
     }
 
     /// The id of `s` and whether it was new.
     #[inline]
     fn intern(&mut self, s: &str) -> (u32, bool) {
-        let h = hash_bytes(s.as_bytes());
-        let first = match self.map.get(&h) {
-            None => {
-                let id = self.push(s);
-                self.map.insert(h, id);
-                return (id, true);
-            }
-            Some(&first) => first,
-        };
-        let mut at = first;
-        loop {
-            if self.bytes(at) == s.as_bytes() {
-                return (at, false);
-            }
-            let next = self.chain[at as usize];
-            if next == NO {
-                let id = self.push(s);
-                self.chain[at as usize] = id;
-                return (id, true);
-            }
-            at = next;
+        let s = s.as_bytes();
+        let (arena, starts) = (&mut self.arena, &mut self.starts);
+        match Short::new(s) {
+            Some(key) => match self.short.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => (*e.get(), false),
+                std::collections::hash_map::Entry::Vacant(e) => (*e.insert(Interner::push(arena, starts, s)), true),
+            },
+            None => match self.long.get(s) {
+                Some(&id) => (id, false),
+                None => {
+                    let id = Interner::push(arena, starts, s);
+                    self.long.insert(s.into(), id);
+                    (id, true)
+                }
+            },
         }
     }
 
@@ -270,7 +294,7 @@ struct Ev {
     amount: i64,
     /// Index in the event-id interner (also the key of its cancelled flag).
     id: u32,
-    /// Shop session id (session interner) or `NO`.
+    /// Shop session id (an index into its user's [`User::sessions`]) or `NO`.
     session: u32,
     /// Order key of a purchase (order interner) or `NO`.
     order: u32,
@@ -280,6 +304,43 @@ struct Ev {
     utm: u32,
     category: u32,
     event_type: EventType,
+}
+
+/// A shop session id: short ones inline.
+#[derive(PartialEq, Eq)]
+enum Key {
+    Short(Short),
+    Long(Box<[u8]>),
+}
+
+impl Key {
+    #[inline]
+    fn new(s: &str) -> Key {
+        Short::new(s.as_bytes()).map_or_else(|| Key::Long(s.as_bytes().into()), Key::Short)
+    }
+}
+
+/// A user's kept events (in arrival order) and the shop session ids they name.
+#[derive(Default)]
+struct User {
+    events: Vec<Ev>,
+    sessions: Vec<Key>,
+}
+
+impl User {
+    /// The index of a shop session id in [`User::sessions`].
+    #[inline]
+    fn session(&mut self, id: &str) -> u32 {
+        let key = Key::new(id);
+        let at = match self.sessions.iter().position(|k| *k == key) {
+            Some(at) => at,
+            None => {
+                self.sessions.push(key);
+                self.sessions.len() - 1
+            }
+        };
+        at as u32
+    }
 }
 
 /// The compact funnel key: granularity, window start, dimension, value id.
@@ -306,12 +367,11 @@ struct State {
     ids: Interner,
     /// Per event id: bit 0 delivered (live), bit 1 cancelled by a live event.
     id_flags: Vec<u8>,
-    users: Interner,
-    sessions: Interner,
+    /// Users by id (short ids inline in the hash table), with their kept events.
+    users: HashMap<Short, User, BuildHasherDefault<PreHashed>>,
+    long_users: FxMap<Box<[u8]>, User>,
     orders: Interner,
     values: Interner,
-    /// Kept events by user id.
-    by_user: Vec<Vec<Ev>>,
     rejects: BTreeMap<RejectReason, i64>,
     counts: Counts,
 }
@@ -368,15 +428,11 @@ impl State {
             return;
         }
         self.counts.kept += 1;
-        let (user, new_user) = self.users.intern(&event.user_id);
-        if new_user {
-            self.by_user.push(Vec::new());
-        }
-        let ev = Ev {
+        let mut ev = Ev {
             ts: event.event_ts,
             amount: event.amount_cents(),
             id: slot as u32,
-            session: event.session_id.as_deref().map_or(NO, |s| self.sessions.id(s)),
+            session: NO,
             order: if event.event_type == EventType::Purchase { self.orders.id(event.order_key()) } else { NO },
             country: self.value(event.country()),
             device: self.value(event.device_os()),
@@ -384,7 +440,14 @@ impl State {
             category: self.value(event.category.as_deref()),
             event_type: event.event_type,
         };
-        self.by_user[user as usize].push(ev);
+        let user = match Short::new(event.user_id.as_bytes()) {
+            Some(key) => self.users.entry(key).or_default(),
+            None => self.long_users.entry(event.user_id.as_bytes().into()).or_default(),
+        };
+        if let Some(session) = event.session_id.as_deref() {
+            ev.session = user.session(session);
+        }
+        user.events.push(ev);
     }
 }
 
@@ -525,10 +588,10 @@ fn finish(state: &mut State) -> Final {
     let mut orders: FxSet<(u8, Millis, u32)> = FxSet::default();
     let mut sessions: Vec<Session> = Vec::new();
     let mut user_keys: Vec<(FKey, FunnelAgg)> = Vec::new();
-    // A KPI row cache: consecutive events of a user mostly share their windows.
     let ids = &state.ids;
     let flags = &state.id_flags;
-    for events in state.by_user.iter_mut() {
+    for user in state.users.values_mut().chain(state.long_users.values_mut()) {
+        let events = &mut user.events;
         events.retain(|e| flags[e.id as usize] & CANCELLED == 0);
         if events.is_empty() {
             continue;
@@ -653,7 +716,7 @@ fn write_views(path: &PathBuf, state: &State, fin: &Final, final_time: Time) -> 
             granularity: gran(g),
             window_start: start,
             dimension: Dimension::ALL[usize::from(d)],
-            value: state.values.get(v).to_owned(),
+            value: state.values.get(v).into(),
         };
         rows.push(ViewRow::Funnel { key, agg: *agg });
     }
@@ -715,13 +778,12 @@ fn main() -> anyhow::Result<()> {
     let mut state = State {
         final_time,
         view,
-        ids: Interner::new(),
+        ids: Interner::with_capacity(args.events as usize),
         id_flags: Vec::with_capacity(args.events as usize),
-        users: Interner::new(),
-        sessions: Interner::new(),
+        users: HashMap::with_capacity_and_hasher(expected_users, BuildHasherDefault::default()),
+        long_users: FxMap::default(),
         orders: Interner::new(),
         values: Interner::new(),
-        by_user: Vec::with_capacity(expected_users),
         rejects: BTreeMap::new(),
         counts: Counts::default(),
     };
