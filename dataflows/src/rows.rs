@@ -338,16 +338,21 @@ counter_struct! {
 impl FunnelAgg {
     /// The contribution of one session (everything but `unique_users`).
     pub fn of_session(s: &SessionRow) -> Self {
-        let step = i64::from(s.funnel_step);
+        Self::session(s.funnel_step, s.purchases > 0, s.orders as i64, s.revenue_cents)
+    }
+
+    /// The contribution of a session that reached `step`, bought or not, with `orders`
+    /// orders worth `revenue_cents` (everything but `unique_users`).
+    pub fn session(step: u8, purchased: bool, orders: i64, revenue_cents: i64) -> Self {
         FunnelAgg {
             sessions: 1,
             reached_view: i64::from(step >= 1),
             reached_cart: i64::from(step >= 2),
             reached_checkout: i64::from(step >= 3),
             reached_purchase: i64::from(step >= 4),
-            purchasing_sessions: i64::from(s.purchases > 0),
-            orders: s.orders as i64,
-            revenue_cents: s.revenue_cents,
+            purchasing_sessions: i64::from(purchased),
+            orders,
+            revenue_cents,
             unique_users: 0,
         }
     }
@@ -442,9 +447,13 @@ counter_struct! {
 impl KpiAgg {
     /// The contribution of one event (its counts and amounts).
     pub fn of_event(e: &Event) -> Self {
+        Self::event(e.event_type, e.amount_cents())
+    }
+
+    /// The contribution of one event of type `event_type` with this amount.
+    pub fn event(event_type: EventType, amount: i64) -> Self {
         let mut k = KpiAgg { events: 1, ..KpiAgg::default() };
-        let amount = e.amount_cents();
-        match e.event_type {
+        match event_type {
             EventType::PageView => k.page_views = 1,
             EventType::ProductView => k.product_views = 1,
             EventType::AddToCart => k.cart_adds = 1,

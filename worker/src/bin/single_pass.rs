@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use differential_dataflow::difference::Semigroup;
 use serde_json::{json, Value};
 use tidemark_dataflows::decode::{decode, DecodeConfig, RejectReason};
 use tidemark_dataflows::event::EventType;
@@ -507,18 +508,8 @@ impl Session {
     }
 
     fn agg(&self) -> FunnelAgg {
-        let step = i64::from(self.step);
-        FunnelAgg {
-            sessions: 1,
-            reached_view: i64::from(step >= 1),
-            reached_cart: i64::from(step >= 2),
-            reached_checkout: i64::from(step >= 3),
-            reached_purchase: i64::from(step >= 4),
-            purchasing_sessions: i64::from(self.purchases > 0),
-            orders: self.orders.len() as i64,
-            revenue_cents: self.revenue,
-            unique_users: 1,
-        }
+        let agg = FunnelAgg::session(self.step, self.purchases > 0, self.orders.len() as i64, self.revenue);
+        FunnelAgg { unique_users: 1, ..agg }
     }
 
     /// The value of every dimension, in [`Dimension::ALL`] order (`NO` for "(none)"; the
@@ -530,39 +521,11 @@ impl Session {
 }
 
 fn add_funnel(into: &mut FunnelAgg, a: &FunnelAgg) {
-    into.sessions += a.sessions;
-    into.reached_view += a.reached_view;
-    into.reached_cart += a.reached_cart;
-    into.reached_checkout += a.reached_checkout;
-    into.reached_purchase += a.reached_purchase;
-    into.purchasing_sessions += a.purchasing_sessions;
-    into.orders += a.orders;
-    into.revenue_cents += a.revenue_cents;
-    into.unique_users += a.unique_users;
+    into.plus_equals(a);
 }
 
 fn add_event(k: &mut KpiAgg, e: &Ev) {
-    k.events += 1;
-    match e.event_type {
-        EventType::PageView => k.page_views += 1,
-        EventType::ProductView => k.product_views += 1,
-        EventType::AddToCart => k.cart_adds += 1,
-        EventType::RemoveFromCart => k.cart_removes += 1,
-        EventType::Checkout => k.checkouts += 1,
-        EventType::Purchase => {
-            k.purchases += 1;
-            k.revenue_cents += e.amount;
-        }
-        EventType::Refund => {
-            k.refunds += 1;
-            k.refund_cents += e.amount;
-        }
-        EventType::Payment => {
-            k.payments += 1;
-            k.payment_cents += e.amount;
-        }
-        EventType::Retraction => {}
-    }
+    k.plus_equals(&KpiAgg::event(e.event_type, e.amount));
 }
 
 /// The final funnel and KPI rows (compact keys).
