@@ -168,15 +168,9 @@ impl<'scope> Views<'scope> {
     /// Every view's rows as one collection of tagged [`ViewRow`]s.
     pub fn rows(&self) -> VecCollection<'scope, Time, ViewRow> {
         let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone()));
-        let funnel = self.funnel.clone().as_collection(|k, a| ViewRow::Funnel { key: k.clone(), agg: *a });
-        let kpis = self.kpis.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a });
-        let counts = self.rejected_by_reason.clone().as_collection(|r, c| ViewRow::RejectedByReason { reason: *r, count: *c });
-        let rejects = self.rejects.clone().as_collection(|_, r| ViewRow::Rejects(r.clone()));
-        sessions.concatenate([funnel, kpis, counts, rejects])
+        sessions.concat(self.summary_rows(&Dimension::ALL, true))
     }
-}
 
-impl<'scope> Views<'scope> {
     /// The rows a live summary shows: KPIs, funnel rows of the given dimensions, reject
     /// counts, and (if `with_rejects`) rejected records. Cheaper than [`Views::rows`].
     pub fn summary_rows(&self, dimensions: &'static [Dimension], with_rejects: bool) -> VecCollection<'scope, Time, ViewRow> {

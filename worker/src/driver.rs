@@ -23,7 +23,7 @@ use differential_dataflow::input::Input;
 use tidemark_dataflows::decode::RawRecord;
 use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::Dimension;
-use tidemark_dataflows::time::{tick_ceil, Time};
+use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::{build, ViewRow};
 
 use crate::config::RunArgs;
@@ -203,15 +203,6 @@ fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> a
     })
 }
 
-/// An upper bound on the generator's last ingestion time at max speed with `--events`,
-/// the same on every worker.
-fn generated_final_time(args: &RunArgs, peers: usize) -> Option<Time> {
-    let events = args.events.filter(|_| args.max_speed && args.input.is_none())?;
-    let per_part = events.div_ceil(peers as u64);
-    let span = per_part.saturating_mul(1000).saturating_mul(peers as u64) / args.rate;
-    Some(tick_ceil(SIMULATED_START_MS as u64 + span, args.tick_ms) + args.tick_ms)
-}
-
 fn run_worker(
     worker: &mut timely::worker::Worker,
     args: &RunArgs,
@@ -286,7 +277,7 @@ fn run_worker(
         }
     }
 
-    let final_time = match source.final_time().or_else(|| generated_final_time(args, peers)) {
+    let final_time = match source.final_time() {
         Some(t) => t.max(*input.time()),
         None => agree_locally(worker, shared, *input.time(), args.workers),
     };

@@ -151,13 +151,20 @@ pub struct GeneratorSource {
     live: bool,
     remaining: Option<u64>,
     last_time: Option<Time>,
+    final_time: Option<Time>,
 }
 
 impl GeneratorSource {
     /// Part `part` of `parts`; `events` bounds the whole cluster's total.
     pub fn new(config: GeneratorConfig, part: usize, parts: usize, tick_ms: u64, live: bool, events: Option<u64>) -> Self {
         let remaining = events.map(|n| n / parts as u64 + u64::from((part as u64) < n % parts as u64));
-        GeneratorSource { generator: Generator::new(config, part, parts), pending: None, tick_ms, live, remaining, last_time: None }
+        // At max speed the largest part's last record is delivered at the simulated clock
+        // of its index, which every part computes alike.
+        let final_time = events
+            .filter(|n| !live && *n > 0)
+            .map(|n| tick_ceil(config.clock_ms(n.div_ceil(parts as u64) - 1, parts).max(0) as u64, tick_ms));
+        let generator = Generator::new(config, part, parts);
+        GeneratorSource { generator, pending: None, tick_ms, live, remaining, last_time: None, final_time }
     }
 }
 
@@ -204,6 +211,6 @@ impl Source for GeneratorSource {
     }
 
     fn final_time(&self) -> Option<Time> {
-        None
+        self.final_time
     }
 }
