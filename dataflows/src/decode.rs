@@ -159,7 +159,7 @@ impl Default for DecodeConfig {
             // 1990-01-01T00:00:00Z .. 2100-01-01T00:00:00Z (CDNOW is from 1997)
             min_event_ts: 631_152_000_000,
             max_event_ts: 4_102_444_800_000,
-            max_amount_cents: 1_000_000_000_00,
+            max_amount_cents: 100_000_000_000,
             max_quantity: 1_000_000,
         }
     }

@@ -266,7 +266,7 @@ pub fn funnel_keys(s: &SessionRow) -> impl Iterator<Item = FunnelKey> + '_ {
 /// user's sessions counts under, the sum of those sessions' [`FunnelAgg::of_session`], with
 /// `unique_users` 1. Summing these over all users gives the funnel, distinct users
 /// included. Equal contributions of different users are merged into one with a count.
-pub fn user_funnel(sessions: &[SessionRow]) -> Vec<((FunnelKey, FunnelAgg), isize)> {
+pub fn user_funnel<'a>(sessions: impl IntoIterator<Item = &'a SessionRow>) -> Vec<((FunnelKey, FunnelAgg), isize)> {
     let mut by_user_key: std::collections::BTreeMap<(&str, FunnelKey), FunnelAgg> = std::collections::BTreeMap::new();
     for s in sessions {
         let agg = FunnelAgg::of_session(s);
@@ -518,7 +518,7 @@ mod tests {
     /// Users that share an arrangement key are sessionized separately.
     #[test]
     fn users_sharing_a_key_stay_apart() {
-        let mut events = vec![
+        let mut events = [
             ev("a", "1", 0, EventType::ProductView, None),
             ev("b", "2", 60_000, EventType::ProductView, None),
             ev("a", "3", 120_000, EventType::AddToCart, None),

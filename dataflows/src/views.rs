@@ -18,10 +18,18 @@
 //!    `duplicate` rejects. An event named in the `retracts` field of a live event is
 //!    removed, whichever arrived first. `retraction` events only remove.
 //! 4. **Views**: `sessions` (reduce by user); `funnel`, summed from each user's
-//!    contribution (a second reduce over the same arrangement of events by user, so that
-//!    distinct users need no separate `distinct`); `kpis`; and `rejected_by_reason` over
-//!    all rejects. Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read
-//!    out with `count_total`.
+//!    contribution (a second reduce, over the arranged sessions, so that distinct users
+//!    need no separate `distinct`); `kpis`; and `rejected_by_reason` over all rejects.
+//!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
+//!    `count_total`.
+//!
+//! Every view below is a collection of rows at ingestion times ([`Time`], ms on a tick).
+//! A diff of `+1` means the row is in the view from that time on, `-1` that it leaves;
+//! the count of a row at time `t` is the sum of its diffs at times `<= t`, never
+//! negative, and 1 for every row except identical copies of a rejected record, which are
+//! counted as copies. Once an arrangement's frontier has passed `t`, no
+//! update at a time `<= t` will ever arrive: reading it at `t` gives the final answer for
+//! `t`, equal to [`crate::reference::views_at`] at `t`.
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
@@ -152,15 +160,22 @@ pub type ViewArrangement<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K,
 pub struct Views<'scope> {
     /// Valid (deduplicated, not retracted, not expired) events, for later views.
     pub events: VecCollection<'scope, Time, Arc<Event>>,
-    /// `sessions`, keyed by [`key_of`] the user id.
+    /// `sessions`: key [`key_of`] the user id, row [`SessionRow`] (which carries the
+    /// user id), one row per session of every user with a live event. A late event that
+    /// joins or splits sessions retracts the old rows and inserts the new ones.
     pub sessions: ViewArrangement<'scope, u64, SessionRow>,
-    /// `funnel`, keyed by (granularity, window, dimension, value).
+    /// `funnel`: key [`FunnelKey`] (granularity, window start, dimension, value), row the
+    /// key's [`FunnelAgg`] sums; one row per key with at least one session. A change of a
+    /// window's numbers is the old row retracted and the new one inserted.
     pub funnel: ViewArrangement<'scope, FunnelKey, FunnelAgg>,
-    /// `kpis`, keyed by (granularity, window).
+    /// `kpis`: key [`KpiKey`] (granularity, window start), row the window's [`KpiAgg`];
+    /// one row per window with a live event.
     pub kpis: ViewArrangement<'scope, KpiKey, KpiAgg>,
-    /// `rejected_by_reason`: reject counts within the retention horizon.
+    /// `rejected_by_reason`: key the [`RejectReason`], row the number of rejects of that
+    /// reason ingested within the retention horizon (no row for a count of 0).
     pub rejected_by_reason: ViewArrangement<'scope, RejectReason, i64>,
-    /// `rejects`: rejected records with their bytes, keyed by reason.
+    /// `rejects`: key the [`RejectReason`], row the rejected record with its bytes and
+    /// detail, for as long as the retention horizon keeps it.
     pub rejects: ViewArrangement<'scope, RejectReason, Reject>,
 }
 
@@ -227,12 +242,17 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
             |_key, input, output| output.extend(sessionize_users(&session_events(input)).into_iter().map(|s| (s, 1))),
             push_keyed,
         );
-    // Each user's funnel contribution, from the same arrangement: a reduce emits only what
-    // changed, so an event that leaves a user's contribution as it was costs nothing here.
-    let funnel = by_user
+    // Each user's funnel contribution, from the user's sessions: a reduce emits only what
+    // changed, so a session change that leaves a user's contribution as it was costs
+    // nothing downstream.
+    let funnel = sessions
+        .clone()
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
             "Reduce: funnel contribution by user",
-            |_key, input, output| output.extend(user_funnel(&sessionize_users(&session_events(input)))),
+            |_key, input, output| {
+                let sessions = input.iter().flat_map(|(s, n)| std::iter::repeat_n(*s, (*n).max(0) as usize));
+                output.extend(user_funnel(sessions))
+            },
             push_keyed,
         )
         .as_collection(|_, contribution| contribution.clone())
@@ -267,7 +287,7 @@ fn decode_and_expire<'scope>(
     config: &ViewConfig,
 ) -> (VecCollection<'scope, Time, Arrival>, VecCollection<'scope, Time, Reject>) {
     let decode_config = config.decode.clone();
-    let (oks, errs): (Stream<'scope, Time, Vec<(Arrival, Time, isize)>>, Stream<'scope, Time, Vec<(Reject, Time, isize)>>) =
+    let (oks, errs): (Updates<'scope, Arrival>, Updates<'scope, Reject>) =
         records.inner.ok_err(move |(record, time, diff)| match decode(&record, time, &decode_config) {
             Ok(event) => Ok((Arrival { ingest: time, position: record.position, event: Arc::new(event) }, time, diff)),
             Err(reject) => Err((reject, time, diff)),
@@ -287,6 +307,9 @@ fn decode_and_expire<'scope>(
         hold_future(rejects, "Expire: rejects after retention").as_collection(),
     )
 }
+
+/// A stream of differential updates at ingestion times.
+type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
 
 /// Holds updates whose time lies in the future and releases each once the frontier has
 /// reached its time, behind a single capability at the earliest pending time.

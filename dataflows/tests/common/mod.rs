@@ -141,7 +141,7 @@ pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &View
                 input.advance_to(*time);
                 input.flush();
                 advances += 1;
-                if advances % (2 * peers) == 0 {
+                if advances.is_multiple_of(2 * peers) {
                     worker.step_while(|| probe.less_than(input.time()));
                 } else {
                     worker.step();
