@@ -154,15 +154,18 @@ pub struct GeneratorSource {
     final_time: Option<Time>,
 }
 
+/// The last ingestion time of `events` records generated at max speed in `parts` parts
+/// (`None` for no records): the largest part's last record is delivered at the simulated
+/// clock of its index, which every part computes alike.
+pub fn generated_final_time(config: &GeneratorConfig, events: u64, parts: usize, tick_ms: u64) -> Option<Time> {
+    (events > 0).then(|| tick_ceil(config.clock_ms(events.div_ceil(parts as u64) - 1, parts).max(0) as u64, tick_ms))
+}
+
 impl GeneratorSource {
     /// Part `part` of `parts`; `events` bounds the whole cluster's total.
     pub fn new(config: GeneratorConfig, part: usize, parts: usize, tick_ms: u64, live: bool, events: Option<u64>) -> Self {
         let remaining = events.map(|n| n / parts as u64 + u64::from((part as u64) < n % parts as u64));
-        // At max speed the largest part's last record is delivered at the simulated clock
-        // of its index, which every part computes alike.
-        let final_time = events
-            .filter(|n| !live && *n > 0)
-            .map(|n| tick_ceil(config.clock_ms(n.div_ceil(parts as u64) - 1, parts).max(0) as u64, tick_ms));
+        let final_time = events.filter(|_| !live).and_then(|n| generated_final_time(&config, n, parts, tick_ms));
         let generator = Generator::new(config, part, parts);
         GeneratorSource { generator, pending: None, tick_ms, live, remaining, last_time: None, final_time }
     }

@@ -41,6 +41,7 @@ use tidemark_dataflows::time::{format_timestamp, tick_ceil, Granularity, Millis,
 use tidemark_dataflows::views::{ViewConfig, ViewRow};
 use tidemark_worker::driver::SIMULATED_START_MS;
 use tidemark_worker::output::row_json;
+use tidemark_worker::source::generated_final_time;
 
 /// The single-pass loop over generated traffic (the flags of `tidemark run --max-speed`).
 #[derive(Parser, Debug)]
@@ -652,12 +653,9 @@ fn finish(state: &mut State) -> Final {
     Final { funnel, kpis }
 }
 
-/// The final time the engine agrees on for `--max-speed --events N -w parts`
-/// (`driver::generated_final_time`).
+/// The final time the engine agrees on for `--max-speed --events N -w parts`.
 fn final_time(args: &Args) -> Time {
-    let per_part = args.events.div_ceil(args.parts as u64);
-    let span = per_part.saturating_mul(1000).saturating_mul(args.parts as u64) / args.rate;
-    tick_ceil(SIMULATED_START_MS as u64 + span, args.tick_ms) + args.tick_ms
+    generated_final_time(&generator_config(args), args.events, args.parts, args.tick_ms).unwrap_or(SIMULATED_START_MS as Time)
 }
 
 /// The generator configuration of `driver::open_source` at max speed.
