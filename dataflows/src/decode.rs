@@ -32,6 +32,17 @@ pub enum Format {
     Cdnow,
 }
 
+impl Format {
+    /// The snake_case name used in views and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Rees46 => "rees46",
+            Format::Cdnow => "cdnow",
+        }
+    }
+}
+
 /// A record as it arrived: its format, its position in its source (a line number or an
 /// offset, used to derive ids where the format has none) and its bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -75,18 +75,56 @@ pub struct SessionRow {
     pub category: Option<Text>,
 }
 
-/// The arrangement key of an id: a fixed, process-independent 64-bit hash.
+/// The arrangement key of an id: a fixed, process-independent 64-bit hash (SipHash-1-3
+/// with zero keys over the id's UTF-8 bytes).
 ///
 /// Arrangements are keyed by this hash rather than by the id itself, because comparing
 /// integers is much cheaper than comparing strings. The ids stay in the values, and every
 /// reduce groups by the real id, so two ids that share a hash share a key but are never
-/// merged: results stay exact.
+/// merged: results stay exact. Views keyed by an id are placed on worker
+/// `key_of(id) mod workers`, the rule the coordinator routes lookups by
+/// (`tidemark_proto::routing`).
 pub fn key_of(id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // `DefaultHasher::new()` has fixed keys: the same id hashes alike in every process.
-    let mut hasher = std::hash::DefaultHasher::new();
-    id.hash(&mut hasher);
+    use std::hash::Hasher;
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    hasher.write(id.as_bytes());
     hasher.finish()
+}
+
+/// Separates the values of a multi-column key in its routing text.
+pub const ROUTE_SEPARATOR: char = '\u{1f}';
+
+/// The worker placement of a view's key: [`key_of`] its routing text (the routing
+/// columns as text, joined by [`ROUTE_SEPARATOR`]).
+pub trait Route {
+    /// The placement hash.
+    fn route(&self) -> u64;
+}
+
+impl Route for u64 {
+    /// An id's hash ([`key_of`]) places itself.
+    fn route(&self) -> u64 {
+        *self
+    }
+}
+
+impl Route for FunnelKey {
+    fn route(&self) -> u64 {
+        let s = ROUTE_SEPARATOR;
+        key_of(&format!("{}{s}{}{s}{}{s}{}", self.granularity.name(), self.window_start, self.dimension.name(), self.value))
+    }
+}
+
+impl Route for KpiKey {
+    fn route(&self) -> u64 {
+        key_of(&format!("{}{ROUTE_SEPARATOR}{}", self.granularity.name(), self.window_start))
+    }
+}
+
+impl Route for crate::decode::RejectReason {
+    fn route(&self) -> u64 {
+        key_of(self.name())
+    }
 }
 
 /// An event as sessions see it: ordered by (`event_ts`, `event_type`, then the event,
@@ -223,6 +261,17 @@ impl Dimension {
     /// All dimensions the funnel is kept for.
     pub const ALL: [Dimension; 5] = [Dimension::All, Dimension::Country, Dimension::Device, Dimension::UtmSource, Dimension::Category];
 
+    /// The snake_case name used in views and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::All => "all",
+            Dimension::Country => "country",
+            Dimension::Device => "device",
+            Dimension::UtmSource => "utm_source",
+            Dimension::Category => "category",
+        }
+    }
+
     /// The dimension's value for a session.
     pub fn value_of(self, s: &SessionRow) -> Text {
         let v = match self {
@@ -288,6 +337,16 @@ macro_rules! counter_struct {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub struct $name { $($(#[$fmeta])* pub $field: i64),* }
+
+        impl $name {
+            /// The field names, in declaration order.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// The field values, in the order of [`Self::FIELDS`].
+            pub fn values(&self) -> Vec<i64> {
+                vec![$(self.$field),*]
+            }
+        }
 
         impl IsZero for $name {
             fn is_zero(&self) -> bool { $(self.$field == 0)&&* }

@@ -31,9 +31,10 @@
 //! update at a time `<= t` will ever arrive: reading it at `t` gives the final answer for
 //! `t`, equal to [`crate::reference::views_at`] at `t`.
 
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::{ValBatcher, ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
@@ -50,7 +51,7 @@ use timely::dataflow::Stream;
 
 use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
-use crate::rows::{key_of, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
+use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -231,10 +232,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         Outcome::Keep(_) => None,
     });
 
-    let by_user = events
-        .clone()
-        .map(|e| (key_of(&e.user_id), SessionEvent::from(&e)))
-        .arrange_by_key_named("Arrange: events by user");
+    let by_user = arrange_routed(events.clone().map(|e| (key_of(&e.user_id), SessionEvent::from(&e))), "Arrange: events by user");
     let sessions = by_user
         .clone()
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
@@ -266,18 +264,29 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         .clone()
         .map(|r| r.reason)
         .count_total()
-        .map(|(reason, count)| (reason, count as i64))
-        .arrange_by_key_named("Arrange: rejected_by_reason");
-    let rejects = rejects.map(|r| (r.reason, r)).arrange_by_key_named("Arrange: rejects by reason");
+        .map(|(reason, count)| (reason, count as i64));
+    let rejected_by_reason = arrange_routed(rejected_by_reason, "Arrange: rejected_by_reason");
+    let rejects = arrange_routed(rejects.map(|r| (r.reason, r)), "Arrange: rejects by reason");
 
     Views {
         events,
         sessions,
-        funnel: funnel.arrange_by_key_named("Arrange: funnel"),
-        kpis: kpis.arrange_by_key_named("Arrange: kpis"),
+        funnel: arrange_routed(funnel, "Arrange: funnel"),
+        kpis: arrange_routed(kpis, "Arrange: kpis"),
         rejected_by_reason,
         rejects,
     }
+}
+
+/// Arranges by key, placing each key on worker `key.route() mod workers` (see [`Route`]),
+/// so that the owner of a key can be computed outside the dataflow.
+fn arrange_routed<'scope, K, V>(collection: VecCollection<'scope, Time, (K, V)>, name: &str) -> ViewArrangement<'scope, K, V>
+where
+    K: Route + differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    let pact = Exchange::new(|update: &((K, V), Time, isize)| (update.0).0.route());
+    arrange_core::<_, _, ValBatcher<K, V, Time, isize>, ValSpine<K, V, Time, isize>>(collection.inner, pact, name, ValBatcher::new)
 }
 
 /// Decodes records where they were read, and gives every accepted event and every reject

@@ -5,5 +5,6 @@
 pub mod config;
 pub mod driver;
 pub mod output;
+pub mod serve;
 pub mod source;
 pub mod summary;

@@ -16,6 +16,9 @@ enum Command {
     /// Run a worker process: generated traffic (the default) or a file replay, every view
     /// maintained incrementally, with a live summary.
     Run(RunArgs),
+    /// Run one process of a serving cluster: views fed by the coordinator's Ingest,
+    /// served to it over the internal gRPC protocol.
+    Worker(tidemark_worker::serve::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +30,10 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             tidemark_worker::driver::run(args)?;
             // Workers are parked waiting for this; future expiries need no draining.
+            std::process::exit(0)
+        }
+        Command::Worker(args) => {
+            tidemark_worker::serve::run(args)?;
             std::process::exit(0)
         }
     }

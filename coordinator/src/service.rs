@@ -1,0 +1,154 @@
+//! The public `tidemark.v1.Tidemark` service over a [`Cluster`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidemark_proto::internal::v1 as wire;
+use tidemark_proto::routing::owner_process;
+use tidemark_proto::v1::tidemark_server::Tidemark;
+use tidemark_proto::v1::*;
+use tidemark_proto::value::compare_all;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::Cluster;
+
+/// Messages buffered per subscriber before it is dropped as too slow.
+pub const SUBSCRIBER_BUFFER: usize = 256;
+/// How long a query waits for its time by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The public API.
+pub struct TidemarkService {
+    cluster: Arc<Cluster>,
+}
+
+impl TidemarkService {
+    /// A service answering from `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        TidemarkService { cluster }
+    }
+
+    fn view(&self, name: &str) -> Result<ViewInfo, Status> {
+        self.cluster.views().into_iter().find(|v| v.name == name).ok_or_else(|| Status::not_found(format!("no view {name:?}")))
+    }
+
+    /// The time to read at: the requested one (checked against compaction, waited for),
+    /// else the latest complete time.
+    async fn read_time(&self, as_of: Option<u64>, timeout: Duration) -> Result<u64, Status> {
+        let as_of = match as_of {
+            Some(t) => t,
+            None => {
+                self.cluster.wait_past(0, timeout).await?;
+                self.cluster.frontier_and_since().0 - 1
+            }
+        };
+        let (_, since) = self.cluster.frontier_and_since();
+        if as_of < since {
+            return Err(Status::out_of_range(format!("as_of {as_of} is below the compaction frontier {since}")));
+        }
+        self.cluster.wait_past(as_of, timeout).await?;
+        Ok(as_of)
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Tidemark for TidemarkService {
+    async fn list_views(&self, _: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
+        Ok(Response::new(ListViewsResponse { views: self.cluster.views() }))
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let q = request.into_inner();
+        let view = self.view(&q.view)?;
+        if q.key.len() > view.key_columns.len() {
+            return Err(Status::invalid_argument(format!("{} has {} key columns; the key gives {} values", view.name, view.key_columns.len(), q.key.len())));
+        }
+        let timeout = if q.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(u64::from(q.timeout_ms)) };
+        let as_of = self.read_time(q.as_of, timeout).await?;
+        let (processes, threads) = self.cluster.shape();
+        let routing = view.routing_columns as usize;
+        let targets: Vec<usize> = match (q.key.len() >= routing && routing > 0).then(|| owner_process(&q.key[..routing], processes, threads)).flatten() {
+            Some(p) => vec![p],
+            None => (0..processes).collect(),
+        };
+        let peek = wire::Peek { id: 0, view: q.view, key: q.key, range: q.range, filters: q.filters, as_of, limit: q.limit };
+        let mut answer = self.cluster.peek(&targets, peek).await?;
+        let k = view.key_columns.len();
+        let key = |r: &CountedRow| r.row.as_ref().map(|r| r.values[..k.min(r.values.len())].to_vec()).unwrap_or_default();
+        answer.rows.sort_by(|a, b| compare_all(&key(a), &key(b)));
+        let mut truncated = answer.truncated;
+        if q.limit > 0 && answer.rows.len() > q.limit as usize {
+            answer.rows.truncate(q.limit as usize);
+            truncated = true;
+        }
+        Ok(Response::new(QueryResponse { as_of, columns: view.columns, rows: answer.rows, truncated }))
+    }
+
+    type SubscribeStream = Boxed<SubscribeResponse>;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let s = request.into_inner();
+        let view = self.view(&s.view)?;
+        let as_of = self.read_time(s.as_of, DEFAULT_TIMEOUT).await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        tx.send(Ok(SubscribeResponse { columns: view.columns, batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;
+        let subscribe = wire::Subscribe { id: 0, view: s.view, filters: s.filters, as_of, without_snapshot: s.without_snapshot };
+        self.cluster.subscribe(subscribe, tx)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type IngestStream = Boxed<IngestResponse>;
+
+    async fn ingest(&self, request: Request<Streaming<IngestRequest>>) -> Result<Response<Self::IngestStream>, Status> {
+        let mut requests = request.into_inner();
+        let cluster = self.cluster.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let response = match request {
+                    Ok(r) => match cluster.ingest(r.events).await {
+                        Ok(ack) if ack.time == 0 => Err(Status::unavailable("the worker process is busy; retry")),
+                        Ok(ack) => Ok(IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time }),
+                        Err(status) => Err(status),
+                    },
+                    Err(status) => Err(status),
+                };
+                let failed = response.is_err();
+                if tx.send(response).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let (frontier, _) = self.cluster.frontier_and_since();
+        let (_, threads) = self.cluster.shape();
+        let workers = self
+            .cluster
+            .processes()
+            .into_iter()
+            .enumerate()
+            .map(|(p, s)| WorkerStatus { process: p as u32, address: s.address, threads: threads as u32, frontier: s.frontier, connected: s.connected })
+            .collect();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let mut rejects = Vec::new();
+        if frontier > 0 {
+            let processes: Vec<usize> = (0..self.cluster.shape().0).collect();
+            let peek = wire::Peek { view: "rejected_by_reason".into(), as_of: frontier - 1, ..Default::default() };
+            for row in self.cluster.peek(&processes, peek).await?.rows.into_iter().filter_map(|r| r.row) {
+                if let [reason, count] = row.values.as_slice() {
+                    rejects.push(RejectCount { reason: tidemark_proto::value::display(reason), count: tidemark_proto::value::display(count).parse().unwrap_or(0) });
+                }
+            }
+        }
+        Ok(Response::new(StatusResponse { workers, frontier, lag_ms: now - frontier as i64, views: Vec::new(), rejects, ingested: 0 }))
+    }
+}

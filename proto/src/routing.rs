@@ -1,0 +1,93 @@
+//! Which worker owns a key.
+//!
+//! Every view declares a number of *routing columns*: a prefix of its key columns. All
+//! rows whose routing columns are equal live on one worker thread, the *owner*:
+//!
+//! ```text
+//! owner = key_hash(routing text) mod (processes × threads per process)
+//! process = owner / threads per process
+//! ```
+//!
+//! where the routing text is the routing columns' values written as text (integers and
+//! timestamps in decimal, strings as they are, booleans as `true`/`false`) joined by the
+//! unit separator U+001F, and [`key_hash`] is SipHash-1-3 with zero keys over its UTF-8
+//! bytes. Timely numbers worker threads process by process, so a process owns the
+//! consecutive range of worker indices `[process × threads, (process + 1) × threads)`.
+//! Workers place their arrangements by this rule, and the coordinator uses it to send a
+//! lookup by key to the owner's process only.
+
+use std::hash::Hasher;
+
+use crate::v1::value::Kind;
+use crate::v1::Value;
+
+/// Separates the values of a multi-column routing key.
+pub const SEPARATOR: char = '\u{1f}';
+
+/// The stable 64-bit hash of a routing text (or of any id).
+pub fn key_hash(text: &str) -> u64 {
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    hasher.write(text.as_bytes());
+    hasher.finish()
+}
+
+/// The worker thread (global index) that owns a hash, of `workers` in all.
+pub fn owner(hash: u64, workers: usize) -> usize {
+    (hash % workers.max(1) as u64) as usize
+}
+
+/// The routing text of key values, or `None` if one of them is null or bytes (which no
+/// view uses as a routing column).
+pub fn routing_text(values: &[Value]) -> Option<String> {
+    let mut text = String::new();
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            text.push(SEPARATOR);
+        }
+        match value.kind.as_ref()? {
+            Kind::Int64(v) | Kind::TimestampMs(v) => text.push_str(&v.to_string()),
+            Kind::Double(v) => text.push_str(&v.to_string()),
+            Kind::String(v) => text.push_str(v),
+            Kind::Bool(v) => text.push_str(if *v { "true" } else { "false" }),
+            Kind::Bytes(_) => return None,
+        }
+    }
+    Some(text)
+}
+
+/// The process that owns the row with these routing-column values.
+pub fn owner_process(values: &[Value], processes: usize, threads_per_process: usize) -> Option<usize> {
+    let text = routing_text(values)?;
+    Some(owner(key_hash(&text), processes * threads_per_process) / threads_per_process.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value;
+
+    /// The hash is fixed: these values must never change, or a coordinator and workers of
+    /// different builds would disagree about where keys live.
+    #[test]
+    fn key_hash_is_stable() {
+        assert_eq!(key_hash(""), key_hash(""));
+        assert_ne!(key_hash("a"), key_hash("b"));
+        let pinned = [("", 0xd1fba762150c532c_u64), ("user-1", key_hash("user-1"))];
+        assert_eq!(key_hash(pinned[0].0), pinned[0].1);
+    }
+
+    #[test]
+    fn routing_text_joins_values() {
+        let values = [value::string("hour"), value::timestamp_ms(1_700_000_000_000), value::string("country"), value::string("FR")];
+        assert_eq!(routing_text(&values).as_deref(), Some("hour\u{1f}1700000000000\u{1f}country\u{1f}FR"));
+        assert_eq!(routing_text(&[value::null()]), None);
+    }
+
+    #[test]
+    fn owner_process_is_within_the_cluster() {
+        for i in 0..1000 {
+            let p = owner_process(&[value::string(&format!("u{i}"))], 3, 2).expect("strings route");
+            assert!(p < 3);
+        }
+    }
+}

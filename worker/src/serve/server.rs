@@ -1,0 +1,365 @@
+//! The process half of serving: the internal gRPC service the coordinator talks to. It
+//! fans each command out to the worker threads that hold the data and merges their
+//! answers, so the coordinator sees one answer per process.
+//!
+//! Flow control: commands reach threads through bounded channels (a full one answers
+//! "busy"); thread replies and the responses to the coordinator go through bounded
+//! channels too, so a coordinator that stops reading slows this process down instead of
+//! growing its memory. The coordinator reads continuously and drops slow clients itself.
+
+use std::collections::HashMap;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+
+use tidemark_dataflows::decode::{decode, DecodeConfig, Format, RawRecord};
+use tidemark_proto::internal::v1 as wire;
+use tidemark_proto::internal::v1::command::Command as Cmd;
+use tidemark_proto::internal::v1::response::Response as Resp;
+use tidemark_proto::merge::{BatchMerge, FrontierMerge};
+use tidemark_proto::routing::{key_hash, owner, routing_text};
+use tidemark_proto::v1::{CountedRow, IngestReject};
+use tidemark_proto::value::compare_all;
+use tidemark_proto::PROTOCOL_VERSION;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::compute::{ThreadCommand, ThreadReply};
+use super::filter::RowFilter;
+use super::schema::Schema;
+use crate::source::now_ms;
+
+/// Responses buffered towards the coordinator.
+const OUTBOUND: usize = 1024;
+
+/// The cluster's shape as this process sees it.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// This process's index.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Worker threads per process.
+    pub threads: usize,
+}
+
+struct PeekMerge {
+    remaining: usize,
+    rows: Vec<CountedRow>,
+    error: Option<String>,
+    key_columns: usize,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct State {
+    out: Option<mpsc::Sender<Result<wire::Response, Status>>>,
+    peeks: HashMap<u64, PeekMerge>,
+    subscriptions: HashMap<u64, BatchMerge>,
+    ingests: HashMap<u64, (u32, Vec<IngestReject>)>,
+    frontier: Option<FrontierMerge>,
+    sinces: Vec<u64>,
+    sent: (u64, u64),
+}
+
+/// The internal service of one worker process.
+#[derive(Clone)]
+pub struct WorkerService {
+    shape: Shape,
+    schemas: Arc<Vec<Schema>>,
+    threads: Arc<Vec<SyncSender<ThreadCommand>>>,
+    decode: Arc<DecodeConfig>,
+    state: Arc<Mutex<State>>,
+    next_thread: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WorkerService {
+    /// A service over the given thread channels; `replies` is the receiving end of the
+    /// threads' reply channel, drained by a task this starts.
+    pub fn new(
+        shape: Shape,
+        schemas: Vec<Schema>,
+        threads: Vec<SyncSender<ThreadCommand>>,
+        decode: DecodeConfig,
+        mut replies: mpsc::Receiver<ThreadReply>,
+    ) -> Self {
+        let state = State { frontier: Some(FrontierMerge::new(shape.threads)), sinces: vec![0; shape.threads], ..State::default() };
+        let service = WorkerService {
+            shape,
+            schemas: Arc::new(schemas),
+            threads: Arc::new(threads),
+            decode: Arc::new(decode),
+            state: Arc::new(Mutex::new(state)),
+            next_thread: Arc::default(),
+        };
+        let router = service.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = replies.recv().await {
+                let responses = router.on_reply(reply);
+                router.send(responses).await;
+            }
+        });
+        service
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("no panics while holding the state lock")
+    }
+
+    async fn send(&self, responses: Vec<Resp>) {
+        let out = self.lock().out.clone();
+        if let Some(out) = out {
+            for response in responses {
+                if out.send(Ok(wire::Response { response: Some(response) })).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn to_threads(&self, threads: &[usize], command: impl Fn() -> ThreadCommand) -> Result<(), String> {
+        for &t in threads {
+            self.threads[t].try_send(command()).map_err(|e| format!("worker thread {t} is busy or gone: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn all_threads(&self) -> Vec<usize> {
+        (0..self.shape.threads).collect()
+    }
+
+    /// Merges a thread's reply; returns what to tell the coordinator.
+    fn on_reply(&self, reply: ThreadReply) -> Vec<Resp> {
+        let mut state = self.lock();
+        match reply {
+            ThreadReply::Peek { id, result } => {
+                let Some(merge) = state.peeks.get_mut(&id) else { return Vec::new() };
+                match result {
+                    Ok(rows) => merge.rows.extend(rows),
+                    Err(e) => merge.error = Some(e),
+                }
+                merge.remaining -= 1;
+                if merge.remaining > 0 {
+                    return Vec::new();
+                }
+                let mut merge = state.peeks.remove(&id).expect("present above");
+                if let Some(error) = merge.error {
+                    return vec![Resp::Peek(wire::PeekResponse { id, error, ..Default::default() })];
+                }
+                let k = merge.key_columns;
+                merge.rows.sort_by(|a, b| compare_all(&row_values(a)[..k.min(row_values(a).len())], &row_values(b)[..k.min(row_values(b).len())]));
+                let truncated = merge.limit > 0 && merge.rows.len() > merge.limit;
+                if truncated {
+                    merge.rows.truncate(merge.limit);
+                }
+                vec![Resp::Peek(wire::PeekResponse { id, rows: merge.rows, error: String::new(), truncated })]
+            }
+            ThreadReply::Batch { id, thread, batch } => {
+                let Some(merge) = state.subscriptions.get_mut(&id) else { return Vec::new() };
+                if let Err(e) = merge.push(thread, batch) {
+                    state.subscriptions.remove(&id);
+                    let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+                    return vec![Resp::Ended(wire::SubscriptionEnded { id, error: format!("broken subscription protocol: {e}") })];
+                }
+                let mut out = Vec::new();
+                while let Some(batch) = merge.take() {
+                    out.push(Resp::Batch(wire::SubscriptionBatch { id, batch: Some(batch) }));
+                }
+                out
+            }
+            ThreadReply::Failed { id, error } => {
+                if state.subscriptions.remove(&id).is_none() {
+                    return Vec::new();
+                }
+                let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+                vec![Resp::Ended(wire::SubscriptionEnded { id, error })]
+            }
+            ThreadReply::Ingest { id, time } => {
+                let (accepted, rejects) = state.ingests.remove(&id).unwrap_or_default();
+                vec![Resp::Ingest(wire::IngestAck { id, accepted, rejects, time })]
+            }
+            ThreadReply::Frontier { thread, upper, since } => {
+                let frontier = state.frontier.as_mut().expect("set at start");
+                if let Err(e) = frontier.update(thread, upper) {
+                    tracing::error!("{e}");
+                }
+                let upper = frontier.frontier();
+                state.sinces[thread] = since;
+                let since = state.sinces.iter().copied().max().unwrap_or(0);
+                if (upper, since) == state.sent {
+                    return Vec::new();
+                }
+                state.sent = (upper, since);
+                vec![Resp::Frontier(wire::Frontier { upper, since })]
+            }
+        }
+    }
+
+    /// Handles one command; returns what to answer right away.
+    fn on_command(&self, command: Cmd) -> Vec<Resp> {
+        match command {
+            Cmd::Hello(hello) => self.handle_hello(hello),
+            Cmd::Peek(peek) => self.handle_peek(peek),
+            Cmd::Subscribe(s) => self.handle_subscribe(s),
+            Cmd::Cancel(c) => self.handle_cancel(c),
+            Cmd::Ingest(i) => self.handle_ingest(i),
+            Cmd::Status(s) => self.handle_status(s),
+        }
+    }
+
+    fn handle_hello(&self, hello: wire::Hello) -> Vec<Resp> {
+        if hello.version != PROTOCOL_VERSION {
+            tracing::warn!(coordinator = hello.version, worker = PROTOCOL_VERSION, "protocol versions differ");
+        }
+        let (upper, since) = self.lock().sent;
+        vec![
+            Resp::Hello(wire::HelloResponse {
+                version: PROTOCOL_VERSION,
+                process: self.shape.process as u32,
+                processes: self.shape.processes as u32,
+                threads_per_process: self.shape.threads as u32,
+                views: self.schemas.iter().map(|s| s.info(upper, since)).collect(),
+            }),
+            Resp::Frontier(wire::Frontier { upper, since }),
+        ]
+    }
+
+    fn view(&self, name: &str) -> Result<(usize, &Schema), String> {
+        self.schemas.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| format!("no view {name:?}"))
+    }
+
+    fn handle_peek(&self, peek: wire::Peek) -> Vec<Resp> {
+        let id = peek.id;
+        let fail = |error: String| vec![Resp::Peek(wire::PeekResponse { id, error, ..Default::default() })];
+        let (view, schema) = match self.view(&peek.view) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let (lower, upper) = peek.range.as_ref().map(|r| (r.lower.as_slice(), r.upper.as_slice())).unwrap_or_default();
+        let filter = match RowFilter::new(schema, &peek.key, lower, upper, &peek.filters) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        };
+        // A key with every routing column lives on one thread of one process.
+        let routing = schema.routing_columns;
+        let (threads, seek) = match (peek.key.len() >= routing).then(|| routing_text(&peek.key[..routing])).flatten() {
+            Some(text) => {
+                let global = owner(key_hash(&text), self.shape.processes * self.shape.threads);
+                let first = self.shape.process * self.shape.threads;
+                if !(first..first + self.shape.threads).contains(&global) {
+                    return vec![Resp::Peek(wire::PeekResponse { id, ..Default::default() })];
+                }
+                (vec![global - first], peek.key[..routing].to_vec())
+            }
+            None => (self.all_threads(), Vec::new()),
+        };
+        let merge = PeekMerge { remaining: threads.len(), rows: Vec::new(), error: None, key_columns: schema.key_columns, limit: peek.limit as usize };
+        self.lock().peeks.insert(id, merge);
+        let as_of = peek.as_of;
+        if let Err(e) = self.to_threads(&threads, || ThreadCommand::Peek { id, view, seek: seek.clone(), filter: filter.clone(), as_of }) {
+            self.lock().peeks.remove(&id);
+            return fail(e);
+        }
+        Vec::new()
+    }
+
+    fn handle_subscribe(&self, s: wire::Subscribe) -> Vec<Resp> {
+        let id = s.id;
+        let fail = |error: String| vec![Resp::Ended(wire::SubscriptionEnded { id, error })];
+        let (view, schema) = match self.view(&s.view) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let filter = match RowFilter::new(schema, &[], &[], &[], &s.filters) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        };
+        self.lock().subscriptions.insert(id, BatchMerge::new(self.shape.threads, s.as_of));
+        let (as_of, snapshot) = (s.as_of, !s.without_snapshot);
+        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id, view, filter: filter.clone(), as_of, snapshot }) {
+            self.lock().subscriptions.remove(&id);
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+            return fail(e);
+        }
+        Vec::new()
+    }
+
+    fn handle_cancel(&self, c: wire::Cancel) -> Vec<Resp> {
+        let id = c.id;
+        if self.lock().subscriptions.remove(&id).is_some() {
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+            return vec![Resp::Ended(wire::SubscriptionEnded { id, error: String::new() })];
+        }
+        Vec::new()
+    }
+
+    fn handle_ingest(&self, ingest: wire::Ingest) -> Vec<Resp> {
+        let id = ingest.id;
+        let now = now_ms();
+        let mut rejects = Vec::new();
+        for (index, bytes) in ingest.events.iter().enumerate() {
+            let record = RawRecord { format: Format::Json, position: index as u64, bytes: bytes.clone() };
+            if let Err(r) = decode(&record, now, &self.decode) {
+                rejects.push(IngestReject { index: index as u32, reason: r.reason.name().to_owned(), detail: r.detail });
+            }
+        }
+        let accepted = (ingest.events.len() - rejects.len()) as u32;
+        self.lock().ingests.insert(id, (accepted, rejects));
+        let thread = self.next_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shape.threads;
+        let events = ingest.events;
+        if let Err(e) = self.threads[thread].try_send(ThreadCommand::Ingest { id, events }) {
+            self.lock().ingests.remove(&id);
+            tracing::warn!("ingest {id} refused: {e}");
+            return vec![Resp::Ingest(wire::IngestAck { id, accepted: 0, rejects: Vec::new(), time: 0 })];
+        }
+        Vec::new()
+    }
+
+    fn handle_status(&self, s: wire::StatusRequest) -> Vec<Resp> {
+        let upper = self.lock().sent.0;
+        vec![Resp::Status(wire::StatusResponse { id: s.id, upper, views: Vec::new(), rejects: Vec::new() })]
+    }
+}
+
+fn row_values(r: &CountedRow) -> &[tidemark_proto::v1::Value] {
+    r.row.as_ref().map(|r| r.values.as_slice()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl wire::worker_server::Worker for WorkerService {
+    type SessionStream = ReceiverStream<Result<wire::Response, Status>>;
+
+    async fn session(&self, request: Request<Streaming<wire::Command>>) -> Result<Response<Self::SessionStream>, Status> {
+        let mut commands = request.into_inner();
+        let (tx, rx) = mpsc::channel(OUTBOUND);
+        {
+            // One coordinator at a time: a new session replaces the old one and its
+            // subscriptions.
+            let mut state = self.lock();
+            state.out = Some(tx);
+            let old: Vec<u64> = state.subscriptions.drain().map(|(id, _)| id).collect();
+            drop(state);
+            for id in old {
+                let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+            }
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.next().await {
+                match command {
+                    Ok(wire::Command { command: Some(command) }) => {
+                        let responses = service.on_command(command);
+                        service.send(responses).await;
+                    }
+                    Ok(wire::Command { command: None }) => {}
+                    Err(status) => {
+                        tracing::info!("coordinator session ended: {status}");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

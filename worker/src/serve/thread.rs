@@ -1,0 +1,199 @@
+//! The loop of one serving worker thread: advance the input with the wall clock, insert
+//! ingested records, step the dataflow, then answer what has become answerable.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::input::Input;
+use tidemark_dataflows::decode::{Format, RawRecord};
+use tidemark_dataflows::rows::key_of;
+use tidemark_dataflows::time::Time;
+use tidemark_dataflows::views::{build, ViewConfig};
+use tidemark_proto::v1::value::Kind;
+use tidemark_proto::v1::{SubscribeBatch, Update, Value};
+use tokio::sync::mpsc::Sender;
+
+use super::compute::{Served, ServedView, ThreadCommand, ThreadReply};
+use super::filter::RowFilter;
+use super::schema;
+use crate::source::now_ms;
+
+/// What a serving thread needs from its process.
+pub struct ThreadContext {
+    /// View settings.
+    pub config: ViewConfig,
+    /// How far (ms) behind the frontier reads may still go.
+    pub history_ms: u64,
+    /// Worker threads per process.
+    pub threads: usize,
+    /// Commands for this thread.
+    pub commands: Receiver<ThreadCommand>,
+    /// Answers to the process's server.
+    pub replies: Sender<ThreadReply>,
+    /// Set when the process shuts down.
+    pub stop: Arc<AtomicBool>,
+}
+
+struct Peek {
+    id: u64,
+    view: usize,
+    seek: Vec<Value>,
+    filter: RowFilter,
+    as_of: Time,
+}
+
+struct Subscription {
+    view: usize,
+    filter: RowFilter,
+    as_of: Time,
+    snapshot: bool,
+    /// `None` until started; then the next batch's lower bound and the updates buffered
+    /// for it and later batches.
+    live: Option<(Time, Vec<Update>)>,
+}
+
+/// The arrangement key under which a user's sessions live.
+fn seek_user(values: &[Value]) -> Option<u64> {
+    match values.first()?.kind.as_ref()? {
+        Kind::String(user) => Some(key_of(user)),
+        _ => None,
+    }
+}
+
+/// Runs one serving thread until the process stops.
+pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
+    let local = worker.index() % ctx.threads;
+    let tick = ctx.config.tick_ms.max(1);
+    let (mut input, mut views) = worker.dataflow::<Time, _, _>(|scope| {
+        let (input, records) = scope.new_collection::<RawRecord, isize>();
+        let v = build(records, &ctx.config);
+        let served: Vec<Box<dyn ServedView>> = vec![
+            Box::new(Served::new(v.sessions, |_, s| schema::session_row(s), seek_user)),
+            Box::new(Served::new(v.funnel, schema::funnel_row, |_| None)),
+            Box::new(Served::new(v.kpis, schema::kpi_row, |_| None)),
+            Box::new(Served::new(v.rejected_by_reason, schema::rejected_row, |_| None)),
+            Box::new(Served::new(v.rejects, schema::reject_row, |_| None)),
+        ];
+        (input, served)
+    });
+    let mut peeks: Vec<Peek> = Vec::new();
+    let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
+    let (mut since, mut reported) = (0, (0, 0));
+    let mut position = (worker.index() as u64) << 40;
+    let reply = |r: ThreadReply| {
+        // The server is gone only when the process is stopping.
+        let _ = ctx.replies.blocking_send(r);
+    };
+
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let now = now_ms() / tick * tick;
+        if now > *input.time() {
+            input.advance_to(now);
+            input.flush();
+        }
+        while let Ok(command) = ctx.commands.try_recv() {
+            match command {
+                ThreadCommand::Peek { id, view, seek, filter, as_of } => peeks.push(Peek { id, view, seek, filter, as_of }),
+                ThreadCommand::Subscribe { id, view, filter, as_of, snapshot } => {
+                    subscriptions.insert(id, Subscription { view, filter, as_of, snapshot, live: None });
+                }
+                ThreadCommand::Cancel { id } => {
+                    subscriptions.remove(&id);
+                }
+                ThreadCommand::Ingest { id, events } => {
+                    let time = *input.time();
+                    for bytes in events {
+                        position += 1;
+                        input.insert(RawRecord { format: Format::Json, position, bytes });
+                    }
+                    input.flush();
+                    reply(ThreadReply::Ingest { id, time });
+                }
+            }
+        }
+        worker.step_or_park(Some(Duration::from_millis(tick)));
+
+        // Peeks whose time every view shard here has passed.
+        peeks.retain(|p| {
+            if p.as_of < since {
+                reply(ThreadReply::Peek { id: p.id, result: Err(format!("as_of {} is below the compaction frontier {since}", p.as_of)) });
+                return false;
+            }
+            if views[p.view].upper() <= p.as_of {
+                return true;
+            }
+            let (rows, _) = views[p.view].read(p.as_of, None, &p.seek, &p.filter);
+            reply(ThreadReply::Peek { id: p.id, result: Ok(rows) });
+            false
+        });
+
+        // Subscriptions: new changes first, then start the ones whose time has come.
+        let mut changes: HashMap<usize, Vec<Update>> = HashMap::new();
+        let uppers: Vec<Time> = views.iter().map(|v| v.upper()).collect();
+        for (v, view) in views.iter_mut().enumerate() {
+            let mut out = Vec::new();
+            view.drain(&mut out);
+            changes.insert(v, out);
+        }
+        let mut failed = Vec::new();
+        for (id, s) in subscriptions.iter_mut() {
+            match &mut s.live {
+                Some((lower, buffer)) => {
+                    buffer.extend(changes[&s.view].iter().filter(|u| u.time >= *lower && s.filter.keeps(u.row.as_ref().expect("rows are set"))).cloned());
+                    let upper = uppers[s.view];
+                    if upper > *lower {
+                        let (ready, later): (Vec<Update>, Vec<Update>) = buffer.drain(..).partition(|u| u.time < upper);
+                        *buffer = later;
+                        reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: *lower, upper, updates: ready } });
+                        *lower = upper;
+                    }
+                }
+                None if s.as_of < since => failed.push(*id),
+                None => {
+                    let view = &mut views[s.view];
+                    let trace_upper = view.trace_upper();
+                    if trace_upper <= s.as_of {
+                        continue;
+                    }
+                    let (rows, later) = view.read(s.as_of, Some(trace_upper), &[], &s.filter);
+                    let snapshot = if s.snapshot {
+                        rows.into_iter().map(|r| Update { row: r.row, time: s.as_of, diff: r.count }).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: s.as_of, upper: s.as_of + 1, updates: snapshot } });
+                    if trace_upper > s.as_of + 1 {
+                        reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: s.as_of + 1, upper: trace_upper, updates: later } });
+                    }
+                    s.live = Some((trace_upper, Vec::new()));
+                }
+            }
+        }
+        for id in failed {
+            subscriptions.remove(&id);
+            reply(ThreadReply::Failed { id, error: format!("as_of is below the compaction frontier {since}") });
+        }
+        for (v, view) in views.iter_mut().enumerate() {
+            view.set_tapping(subscriptions.values().any(|s| s.view == v));
+        }
+
+        // Frontier and compaction: keep `history_ms` readable, and whatever is waited for.
+        let upper = uppers.iter().copied().min().unwrap_or(Time::MAX);
+        let held = peeks.iter().map(|p| p.as_of).chain(subscriptions.values().filter(|s| s.live.is_none()).map(|s| s.as_of)).min();
+        let target = upper.saturating_sub(ctx.history_ms).min(held.unwrap_or(Time::MAX));
+        if target > since {
+            since = target;
+            for view in views.iter_mut() {
+                view.compact(since);
+            }
+        }
+        if (upper, since) != reported {
+            reported = (upper, since);
+            reply(ThreadReply::Frontier { thread: local, upper, since });
+        }
+    }
+    drop(input);
+}
