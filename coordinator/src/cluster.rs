@@ -225,6 +225,19 @@ impl Cluster {
         }
     }
 
+    /// Ends every subscription with `status` (on shutdown: long-lived streams would
+    /// otherwise hold a graceful shutdown open).
+    pub fn end_subscriptions(&self, status: Status) {
+        let ended: Vec<(u64, Subscription)> = self.lock().subscriptions.drain().collect();
+        for (id, sub) in ended {
+            self.cancel(id);
+            let status = status.clone();
+            tokio::spawn(async move {
+                let _ = sub.client.send(Err(status)).await;
+            });
+        }
+    }
+
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

@@ -34,8 +34,11 @@ pub async fn run(listener: TcpListener, cluster: Arc<Cluster>, shutdown: impl Fu
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(TidemarkServer::new(TidemarkService::new(cluster)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(TidemarkServer::new(TidemarkService::new(cluster.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            cluster.end_subscriptions(tonic::Status::unavailable("the coordinator is shutting down"));
+        })
         .await?;
     Ok(())
 }

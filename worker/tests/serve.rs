@@ -206,7 +206,17 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
         let err = client.query(QueryRequest { view: "nope".into(), ..Default::default() }).await.expect_err("no such view");
         assert_eq!(err.code(), tonic::Code::NotFound);
 
+        // Shutdown ends the open subscription with a clear status.
+        drop(acks);
         let _ = stop.send(());
+        let ended = loop {
+            match changes.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the subscription ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended}");
         server.await.expect("the server task ends").expect("the server stops cleanly");
     });
 }
