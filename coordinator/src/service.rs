@@ -8,7 +8,7 @@ use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::routing::owner_process;
 use tidemark_proto::v1::tidemark_server::Tidemark;
 use tidemark_proto::v1::*;
-use tidemark_proto::value::compare_all;
+use tidemark_proto::merge::sort_by_key;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -79,9 +79,7 @@ impl Tidemark for TidemarkService {
         };
         let peek = wire::Peek { id: 0, view: q.view, key: q.key, range: q.range, filters: q.filters, as_of, limit: q.limit };
         let mut answer = self.cluster.peek(&targets, peek).await?;
-        let k = view.key_columns.len();
-        let key = |r: &CountedRow| r.row.as_ref().map(|r| r.values[..k.min(r.values.len())].to_vec()).unwrap_or_default();
-        answer.rows.sort_by(|a, b| compare_all(&key(a), &key(b)));
+        sort_by_key(&mut answer.rows, view.key_columns.len());
         let mut truncated = answer.truncated;
         if q.limit > 0 && answer.rows.len() > q.limit as usize {
             answer.rows.truncate(q.limit as usize);

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::v1::{Row, SubscribeBatch, Update};
+use crate::v1::{CountedRow, Row, SubscribeBatch, Update};
+use crate::value::compare_all;
 
 /// The minimum of the parts' frontiers.
 #[derive(Clone, Debug)]
@@ -104,6 +105,18 @@ impl BatchMerge {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// Sorts the rows of several parts into key order (the first `key_columns` values), as
+/// a limit needs them.
+pub fn sort_by_key(rows: &mut [CountedRow], key_columns: usize) {
+    fn key(r: &CountedRow, key_columns: usize) -> &[crate::v1::Value] {
+        match &r.row {
+            Some(row) => &row.values[..key_columns.min(row.values.len())],
+            None => &[],
+        }
+    }
+    rows.sort_by(|a, b| compare_all(key(a, key_columns), key(b, key_columns)));
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! reports every invalid field at once, and [`RunArgs::describe`] prints the effective
 //! configuration at start.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -102,10 +104,24 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-impl RunArgs {
-    /// Every problem with the configuration, or nothing.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+/// The shape of a timely cluster as flags give it: what `tidemark run` and
+/// `tidemark worker` share.
+pub struct ClusterFlags<'a> {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// `--peers`.
+    pub peers: &'a [String],
+    /// `--hostfile`.
+    pub hostfile: Option<&'a Path>,
+}
+
+impl ClusterFlags<'_> {
+    /// Appends every problem with the shape to `problems`.
+    pub fn check(&self, problems: &mut Vec<String>) {
         if self.workers == 0 {
             problems.push("--workers must be at least 1".to_owned());
         }
@@ -113,7 +129,7 @@ impl RunArgs {
             problems.push("--processes must be at least 1".to_owned());
         }
         if self.process >= self.processes.max(1) {
-            problems.push(format!("--process {} is not below --processes {}", self.process, self.processes));
+            problems.push(format!("process index {} is not below --processes {}", self.process, self.processes));
         }
         if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() {
             problems.push("--processes > 1 needs --peers or --hostfile".to_owned());
@@ -121,15 +137,66 @@ impl RunArgs {
         if !self.peers.is_empty() && self.peers.len() != self.processes {
             problems.push(format!("--peers lists {} addresses for {} processes", self.peers.len(), self.processes));
         }
+    }
+
+    /// The addresses of all processes (empty for a single process).
+    pub fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(path) = self.hostfile {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+            anyhow::ensure!(hosts.len() == self.processes, "{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes);
+            return Ok(hosts);
+        }
+        Ok(self.peers.to_vec())
+    }
+
+    /// Timely's communication settings: one process, or this member of a cluster.
+    pub fn communication(&self) -> anyhow::Result<timely::CommunicationConfig> {
+        Ok(if self.processes > 1 {
+            timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: self.addresses()?,
+                report: false,
+                zerocopy: false,
+            }
+        } else {
+            timely::CommunicationConfig::Process(self.workers)
+        })
+    }
+}
+
+/// Checks the view settings both commands take.
+pub fn check_view_flags(tick_ms: u64, retention_hours: u64, problems: &mut Vec<String>) {
+    if tick_ms == 0 {
+        problems.push("--tick-ms must be positive".to_owned());
+    }
+    if retention_hours == 0 {
+        problems.push("--retention-hours must be positive".to_owned());
+    }
+}
+
+/// The view settings of `--tick-ms` and `--retention-hours`.
+pub fn view_config(tick_ms: u64, retention_hours: u64) -> ViewConfig {
+    let mut config = ViewConfig { tick_ms, ..ViewConfig::default() };
+    config.decode.retention_ms = retention_hours * 3_600_000;
+    config
+}
+
+impl RunArgs {
+    /// The cluster shape these flags give.
+    pub fn cluster(&self) -> ClusterFlags<'_> {
+        ClusterFlags { workers: self.workers, processes: self.processes, process: self.process, peers: &self.peers, hostfile: self.hostfile.as_deref() }
+    }
+
+    /// Every problem with the configuration, or nothing.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        self.cluster().check(&mut problems);
         if self.rate == 0 {
             problems.push("--rate must be positive".to_owned());
         }
-        if self.tick_ms == 0 {
-            problems.push("--tick-ms must be positive".to_owned());
-        }
-        if self.retention_hours == 0 {
-            problems.push("--retention-hours must be positive".to_owned());
-        }
+        check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
         if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
             problems.push("a multi-process run needs a finite source: --input, or --max-speed with --events".to_owned());
         }
@@ -141,22 +208,9 @@ impl RunArgs {
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
-    /// The addresses of all processes (empty for a single process).
-    pub fn addresses(&self) -> anyhow::Result<Vec<String>> {
-        if let Some(path) = &self.hostfile {
-            let text = std::fs::read_to_string(path)?;
-            let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-            anyhow::ensure!(hosts.len() == self.processes, "{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes);
-            return Ok(hosts);
-        }
-        Ok(self.peers.clone())
-    }
-
     /// The view settings these flags select.
     pub fn view_config(&self) -> ViewConfig {
-        let mut config = ViewConfig { tick_ms: self.tick_ms, ..ViewConfig::default() };
-        config.decode.retention_ms = self.retention_hours * 3_600_000;
-        config
+        view_config(self.tick_ms, self.retention_hours)
     }
 
     /// How long to run, if bounded by wall-clock time.

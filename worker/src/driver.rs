@@ -94,18 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ctrlc::set_handler(move || shared.stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     }
     let (tx, rx) = sync_channel::<Message>(CHANNEL_BATCHES);
-    let communication = if args.processes > 1 {
-        timely::CommunicationConfig::Cluster {
-            threads: args.workers,
-            process: args.process,
-            addresses: args.addresses()?,
-            report: false,
-            zerocopy: false,
-        }
-    } else {
-        timely::CommunicationConfig::Process(args.workers)
-    };
-    let config = timely::Config { communication, worker: timely::WorkerConfig::default() };
+    let config = timely::Config { communication: args.cluster().communication()?, worker: timely::WorkerConfig::default() };
     let started = Arc::new(AtomicUsize::new(0));
 
     let cluster = {

@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Args;
-use tidemark_dataflows::views::ViewConfig;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
+use crate::config::{check_view_flags, view_config, ClusterFlags};
 use self::thread::ThreadContext;
 
 /// Commands buffered per worker thread.
@@ -75,47 +75,17 @@ impl WorkerArgs {
         self.process.or_else(|| ordinal(&std::env::var("HOSTNAME").unwrap_or_default())).unwrap_or(0)
     }
 
+    /// The cluster shape these flags give.
+    pub fn cluster(&self) -> ClusterFlags<'_> {
+        ClusterFlags { workers: self.workers, processes: self.processes, process: self.process_index(), peers: &self.peers, hostfile: self.hostfile.as_deref() }
+    }
+
     /// Every problem with the configuration, or nothing.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.workers == 0 {
-            problems.push("--workers must be at least 1".to_owned());
-        }
-        if self.processes == 0 {
-            problems.push("--processes must be at least 1".to_owned());
-        }
-        if self.process_index() >= self.processes.max(1) {
-            problems.push(format!("process {} is not below --processes {}", self.process_index(), self.processes));
-        }
-        if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() {
-            problems.push("--processes > 1 needs --peers or --hostfile".to_owned());
-        }
-        if !self.peers.is_empty() && self.peers.len() != self.processes {
-            problems.push(format!("--peers lists {} addresses for {} processes", self.peers.len(), self.processes));
-        }
-        if self.tick_ms == 0 {
-            problems.push("--tick-ms must be positive".to_owned());
-        }
-        if self.retention_hours == 0 {
-            problems.push("--retention-hours must be positive".to_owned());
-        }
+        self.cluster().check(&mut problems);
+        check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
-    }
-
-    fn addresses(&self) -> anyhow::Result<Vec<String>> {
-        if let Some(path) = &self.hostfile {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-            anyhow::ensure!(hosts.len() == self.processes, "{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes);
-            return Ok(hosts);
-        }
-        Ok(self.peers.clone())
-    }
-
-    fn view_config(&self) -> ViewConfig {
-        let mut config = ViewConfig { tick_ms: self.tick_ms, ..ViewConfig::default() };
-        config.decode.retention_ms = self.retention_hours * 3_600_000;
-        config
     }
 }
 
@@ -134,11 +104,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "tidemark worker: process {process}/{} with {} threads; internal gRPC on {}; retention {} h, tick {} ms, history {} ms",
         args.processes, args.workers, args.listen, args.retention_hours, args.tick_ms, args.history_ms
     );
-    let communication = if args.processes > 1 {
-        timely::CommunicationConfig::Cluster { threads: args.workers, process, addresses: args.addresses()?, report: false, zerocopy: false }
-    } else {
-        timely::CommunicationConfig::Process(args.workers)
-    };
+    let communication = args.cluster().communication()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(THREAD_REPLIES);
     let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| sync_channel(THREAD_COMMANDS)).unzip();
@@ -149,7 +115,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     eprintln!("listening on {}", listener.local_addr()?);
 
     let cluster = {
-        let (stop, config, threads, history_ms) = (stop.clone(), args.view_config(), args.workers, args.history_ms);
+        let (stop, config, threads, history_ms) = (stop.clone(), view_config(args.tick_ms, args.retention_hours), args.workers, args.history_ms);
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             timely::execute(timely_config, move |worker| {
@@ -164,7 +130,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
 
     let shape = Shape { process, processes: args.processes, threads: args.workers };
-    let decode = args.view_config().decode;
+    let decode = view_config(args.tick_ms, args.retention_hours).decode;
     let stop_server = stop.clone();
     runtime.block_on(async move {
         let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, reply_rx);

@@ -15,10 +15,9 @@ use tidemark_dataflows::decode::{decode, DecodeConfig, Format, RawRecord};
 use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
-use tidemark_proto::merge::{BatchMerge, FrontierMerge};
+use tidemark_proto::merge::{sort_by_key, BatchMerge, FrontierMerge};
 use tidemark_proto::routing::{key_hash, owner, routing_text};
 use tidemark_proto::v1::{CountedRow, IngestReject};
-use tidemark_proto::value::compare_all;
 use tidemark_proto::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -147,8 +146,7 @@ impl WorkerService {
                 if let Some(error) = merge.error {
                     return vec![Resp::Peek(wire::PeekResponse { id, error, ..Default::default() })];
                 }
-                let k = merge.key_columns;
-                merge.rows.sort_by(|a, b| compare_all(&row_values(a)[..k.min(row_values(a).len())], &row_values(b)[..k.min(row_values(b).len())]));
+                sort_by_key(&mut merge.rows, merge.key_columns);
                 let truncated = merge.limit > 0 && merge.rows.len() > merge.limit;
                 if truncated {
                     merge.rows.truncate(merge.limit);
@@ -320,10 +318,6 @@ impl WorkerService {
         let upper = self.lock().sent.0;
         vec![Resp::Status(wire::StatusResponse { id: s.id, upper, views: Vec::new(), rejects: Vec::new() })]
     }
-}
-
-fn row_values(r: &CountedRow) -> &[tidemark_proto::v1::Value] {
-    r.row.as_ref().map(|r| r.values.as_slice()).unwrap_or_default()
 }
 
 #[tonic::async_trait]
