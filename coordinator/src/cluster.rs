@@ -11,8 +11,10 @@ use std::time::Duration;
 use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
+use prometheus_client::metrics::counter::Counter;
+use tidemark_proto::auth::BearerToken;
 use tidemark_proto::merge::{BatchMerge, FrontierMerge};
-use tidemark_proto::v1::{CountedRow, SubscribeResponse, ViewInfo};
+use tidemark_proto::v1::{CountedRow, SubscribeResponse, ViewInfo, ViewStatus};
 use tidemark_proto::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,6 +55,22 @@ struct State {
     peeks: HashMap<u64, PeekWait>,
     subscriptions: HashMap<u64, Subscription>,
     ingests: HashMap<u64, oneshot::Sender<wire::IngestAck>>,
+    statuses: HashMap<u64, StatusWait>,
+}
+
+struct StatusWait {
+    remaining: usize,
+    merged: ClusterSizes,
+    done: oneshot::Sender<ClusterSizes>,
+}
+
+/// View sizes and ingestion counts summed over the worker processes.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSizes {
+    /// Per view: rows at each process's latest complete time, and arranged updates.
+    pub views: Vec<ViewStatus>,
+    /// Records the processes have inserted.
+    pub ingested: u64,
 }
 
 /// One worker process as the coordinator sees it.
@@ -73,12 +91,15 @@ pub struct Cluster {
     state: Mutex<State>,
     frontier: watch::Sender<u64>,
     next_id: AtomicU64,
+    dropped: Counter,
 }
 
 impl Cluster {
     /// Connects to every process (retrying until `timeout`), says hello, and starts
     /// reading their responses.
-    pub async fn connect(addresses: Vec<String>, timeout: Duration) -> anyhow::Result<Arc<Cluster>> {
+    /// With `secret`, every call presents it (the workers' internal port checks it).
+    pub async fn connect(addresses: Vec<String>, timeout: Duration, secret: Option<String>) -> anyhow::Result<Arc<Cluster>> {
+        let token = BearerToken::new(secret.as_deref()).map_err(|e| anyhow::anyhow!("the internal secret: {e}"))?;
         anyhow::ensure!(!addresses.is_empty(), "no worker addresses given");
         let n = addresses.len();
         let (frontier, _) = watch::channel(0);
@@ -99,13 +120,17 @@ impl Cluster {
             };
             let (tx, rx) = mpsc::channel(COMMANDS);
             tx.send(wire::Command { command: Some(Cmd::Hello(wire::Hello { version: PROTOCOL_VERSION })) }).await?;
-            let mut client = wire::worker_client::WorkerClient::new(channel);
-            let responses = client.session(ReceiverStream::new(rx)).await?.into_inner();
+            let mut client = wire::worker_client::WorkerClient::with_interceptor(channel, token.clone());
+            let responses = client
+                .session(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| anyhow::anyhow!("worker {address} refused the session: {:?}: {}", s.code(), s.message()))?
+                .into_inner();
             streams.push(responses);
             commands.push(tx);
         }
         let state = State { frontiers: Some(FrontierMerge::new(n)), sinces: vec![0; n], connected: vec![true; n], ..State::default() };
-        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, next_id: AtomicU64::new(1) });
+        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, next_id: AtomicU64::new(1), dropped: Counter::default() });
         for (process, mut stream) in streams.into_iter().enumerate() {
             let cluster = cluster.clone();
             tokio::spawn(async move {
@@ -119,11 +144,25 @@ impl Cluster {
                         }
                     }
                 }
-                cluster.lock().connected[process] = false;
-                tracing::error!("lost worker process {process}");
+                cluster.lost(process);
             });
         }
         Ok(cluster)
+    }
+
+    /// A process's session ended: its timely peers cannot go on without it, so every
+    /// waiting request fails (UNAVAILABLE) rather than hang, and subscriptions end.
+    fn lost(&self, process: usize) {
+        tracing::error!("lost worker process {process}");
+        {
+            let mut state = self.lock();
+            state.connected[process] = false;
+            // Dropping the senders wakes every waiter with an error.
+            state.peeks.clear();
+            state.statuses.clear();
+            state.ingests.clear();
+        }
+        self.end_subscriptions(Status::unavailable(format!("worker process {process} is gone")));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -179,6 +218,7 @@ impl Cluster {
                     match sub.client.try_send(Ok(SubscribeResponse { columns: Vec::new(), batch: Some(batch) })) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.dropped.inc();
                             ended = Some(Status::resource_exhausted("the subscriber did not keep up: its buffer is full; resubscribe from the last upper seen"));
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => ended = Some(Status::cancelled("the subscriber left")),
@@ -209,7 +249,24 @@ impl Cluster {
                     let _ = done.send(ack);
                 }
             }
-            Resp::Status(_) => {}
+            Resp::Status(status) => {
+                let Some(wait) = state.statuses.get_mut(&status.id) else { return };
+                wait.merged.ingested += status.ingested;
+                for view in status.views {
+                    match wait.merged.views.iter_mut().find(|v| v.name == view.name) {
+                        Some(total) => {
+                            total.rows += view.rows;
+                            total.arranged_updates += view.arranged_updates;
+                        }
+                        None => wait.merged.views.push(view),
+                    }
+                }
+                wait.remaining -= 1;
+                if wait.remaining == 0 {
+                    let wait = state.statuses.remove(&status.id).expect("present above");
+                    let _ = wait.done.send(wait.merged);
+                }
+            }
         }
     }
 
@@ -236,6 +293,16 @@ impl Cluster {
                 let _ = sub.client.send(Err(status)).await;
             });
         }
+    }
+
+    /// Subscribers dropped so far because their buffer was full.
+    pub fn dropped_subscribers(&self) -> Counter {
+        self.dropped.clone()
+    }
+
+    /// Subscriptions open now.
+    pub fn subscription_count(&self) -> usize {
+        self.lock().subscriptions.len()
     }
 
     /// A fresh request id.
@@ -335,5 +402,26 @@ impl Cluster {
             return Err(e);
         }
         ack.await.map_err(|_| Status::unavailable("a worker process went away during ingest"))
+    }
+
+    /// View sizes and ingestion counts from every connected process.
+    pub async fn sizes(&self) -> Result<ClusterSizes, Status> {
+        let id = self.next_id();
+        let (done, answer) = oneshot::channel();
+        let processes: Vec<usize> = {
+            let state = self.lock();
+            (0..self.commands.len()).filter(|&p| state.connected[p]).collect()
+        };
+        if processes.is_empty() {
+            return Err(Status::unavailable("no worker process is connected"));
+        }
+        self.lock().statuses.insert(id, StatusWait { remaining: processes.len(), merged: ClusterSizes::default(), done });
+        for p in processes {
+            if let Err(e) = self.send(p, Cmd::Status(wire::StatusRequest { id })) {
+                self.lock().statuses.remove(&id);
+                return Err(e);
+            }
+        }
+        answer.await.map_err(|_| Status::unavailable("a worker process went away during the status request"))
     }
 }

@@ -1,44 +1,97 @@
 //! The Tidemark coordinator: the public gRPC server (`tidemark.v1`) over a cluster of
 //! worker processes, with the standard health service and server reflection (v1 and
-//! v1alpha), so `grpcurl` and `buf curl` work without `.proto` files.
+//! v1alpha), so `grpcurl` and `buf curl` work without `.proto` files, and Prometheus
+//! metrics on an HTTP port.
 //!
 //! It never depends on the dataflows: everything it knows about views comes from the
 //! workers (`HelloResponse`) and the wire crate.
 #![forbid(missing_docs)]
 
 pub mod cluster;
+pub mod config;
+pub mod metrics;
 pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidemark_proto::v1::tidemark_server::TidemarkServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::cluster::Cluster;
+use crate::config::ServeOptions;
+use crate::metrics::Metrics;
 use crate::service::TidemarkService;
 
-/// Serves the public API on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, cluster: Arc<Cluster>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The descriptors reflection shows: the public package only (the coordinator does not
+/// serve the internal one).
+fn public_descriptors() -> prost_types::FileDescriptorSet {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(tidemark_proto::FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set");
+    set.file.retain(|f| f.package() == "tidemark.v1");
+    set
+}
+
+/// Serves the public API on `listener` and, if given, metrics on `metrics_listener`,
+/// until `shutdown` resolves. Open subscriptions then end with UNAVAILABLE, so the
+/// graceful shutdown completes.
+pub async fn run(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    cluster: Arc<Cluster>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new(cluster.clone()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener.map(|listener| {
+        let (render, mut stopped) = (metrics.clone(), stopped.clone());
+        tokio::spawn(metrics::serve(listener, Arc::new(move || render.render()), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    });
+
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<TidemarkServer<TidemarkService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tidemark_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(public_descriptors())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
-    tonic::transport::Server::builder()
+    let api = TidemarkServer::new(TidemarkService::new(cluster.clone(), metrics, options.subscriber_buffer))
+        .max_decoding_message_size(options.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = options.tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let mut stopped_api = stopped;
+    let served = builder
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(TidemarkServer::new(TidemarkService::new(cluster.clone())))
+        .add_service(InterceptedService::new(api, options.tokens))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stopped_api.wait_for(|s| *s) => {}
+            }
             cluster.end_subscriptions(tonic::Status::unavailable("the coordinator is shutting down"));
         })
-        .await?;
+        .await;
+    let _ = stop.send(true);
+    if let Some(server) = metrics_server {
+        server.await??;
+    }
+    served?;
     Ok(())
 }

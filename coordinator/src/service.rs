@@ -2,34 +2,44 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidemark_proto::internal::v1 as wire;
+use tidemark_proto::merge::sort_by_key;
 use tidemark_proto::routing::owner_process;
 use tidemark_proto::v1::tidemark_server::Tidemark;
 use tidemark_proto::v1::*;
-use tidemark_proto::merge::sort_by_key;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::Cluster;
+use crate::metrics::Metrics;
 
-/// Messages buffered per subscriber before it is dropped as too slow.
-pub const SUBSCRIBER_BUFFER: usize = 256;
 /// How long a query waits for its time by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Acknowledgements buffered per Ingest stream.
+const INGEST_ACKS: usize = 16;
 
 /// The public API.
 pub struct TidemarkService {
     cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    subscriber_buffer: usize,
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn code<T>(result: &Result<T, Status>) -> tonic::Code {
+    result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(Status::code)
 }
 
 impl TidemarkService {
-    /// A service answering from `cluster`.
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        TidemarkService { cluster }
+    /// A service answering from `cluster`, counting into `metrics`, buffering
+    /// `subscriber_buffer` messages per subscriber.
+    pub fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>, subscriber_buffer: usize) -> Self {
+        TidemarkService { cluster, metrics, subscriber_buffer }
     }
 
     fn view(&self, name: &str) -> Result<ViewInfo, Status> {
@@ -53,18 +63,8 @@ impl TidemarkService {
         self.cluster.wait_past(as_of, timeout).await?;
         Ok(as_of)
     }
-}
 
-type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl Tidemark for TidemarkService {
-    async fn list_views(&self, _: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
-        Ok(Response::new(ListViewsResponse { views: self.cluster.views() }))
-    }
-
-    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        let q = request.into_inner();
+    async fn answer_query(&self, q: QueryRequest) -> Result<QueryResponse, Status> {
         let view = self.view(&q.view)?;
         if q.key.len() > view.key_columns.len() {
             return Err(Status::invalid_argument(format!("{} has {} key columns; the key gives {} values", view.name, view.key_columns.len(), q.key.len())));
@@ -85,39 +85,87 @@ impl Tidemark for TidemarkService {
             answer.rows.truncate(q.limit as usize);
             truncated = true;
         }
-        Ok(Response::new(QueryResponse { as_of, columns: view.columns, rows: answer.rows, truncated }))
+        Ok(QueryResponse { as_of, columns: view.columns, rows: answer.rows, truncated })
+    }
+
+    async fn start_subscription(&self, s: SubscribeRequest) -> Result<mpsc::Receiver<Result<SubscribeResponse, Status>>, Status> {
+        let view = self.view(&s.view)?;
+        let as_of = self.read_time(s.as_of, DEFAULT_TIMEOUT).await?;
+        let (tx, rx) = mpsc::channel(self.subscriber_buffer.max(2));
+        tx.send(Ok(SubscribeResponse { columns: view.columns, batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;
+        let subscribe = wire::Subscribe { id: 0, view: s.view, filters: s.filters, as_of, without_snapshot: s.without_snapshot };
+        self.cluster.subscribe(subscribe, tx)?;
+        Ok(rx)
+    }
+
+    async fn answer_status(&self) -> Result<StatusResponse, Status> {
+        let (frontier, _) = self.cluster.frontier_and_since();
+        let (processes, threads) = self.cluster.shape();
+        let workers = self
+            .cluster
+            .processes()
+            .into_iter()
+            .enumerate()
+            .map(|(p, s)| WorkerStatus { process: p as u32, address: s.address, threads: threads as u32, frontier: s.frontier, connected: s.connected })
+            .collect();
+        let mut rejects = Vec::new();
+        if frontier > 0 {
+            let peek = wire::Peek { view: "rejected_by_reason".into(), as_of: frontier - 1, ..Default::default() };
+            for row in self.cluster.peek(&(0..processes).collect::<Vec<_>>(), peek).await?.rows.into_iter().filter_map(|r| r.row) {
+                if let [reason, count] = row.values.as_slice() {
+                    rejects.push(RejectCount { reason: tidemark_proto::value::display(reason), count: tidemark_proto::value::display(count).parse().unwrap_or(0) });
+                }
+            }
+        }
+        let sizes = self.cluster.sizes().await?;
+        let lag_ms = crate::now_ms() as i64 - frontier as i64;
+        Ok(StatusResponse { workers, frontier, lag_ms, views: sizes.views, rejects, ingested: sizes.ingested })
+    }
+}
+
+#[tonic::async_trait]
+impl Tidemark for TidemarkService {
+    async fn list_views(&self, _: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
+        self.metrics.observe("ListViews", tonic::Code::Ok, None);
+        Ok(Response::new(ListViewsResponse { views: self.cluster.views() }))
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let start = Instant::now();
+        let result = self.answer_query(request.into_inner()).await;
+        self.metrics.observe("Query", code(&result), Some(start.elapsed()));
+        result.map(Response::new)
     }
 
     type SubscribeStream = Boxed<SubscribeResponse>;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let s = request.into_inner();
-        let view = self.view(&s.view)?;
-        let as_of = self.read_time(s.as_of, DEFAULT_TIMEOUT).await?;
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        tx.send(Ok(SubscribeResponse { columns: view.columns, batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;
-        let subscribe = wire::Subscribe { id: 0, view: s.view, filters: s.filters, as_of, without_snapshot: s.without_snapshot };
-        self.cluster.subscribe(subscribe, tx)?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let result = self.start_subscription(request.into_inner()).await;
+        self.metrics.observe("Subscribe", code(&result), None);
+        result.map(|rx| Response::new(Box::pin(ReceiverStream::new(rx)) as Self::SubscribeStream))
     }
 
     type IngestStream = Boxed<IngestResponse>;
 
     async fn ingest(&self, request: Request<Streaming<IngestRequest>>) -> Result<Response<Self::IngestStream>, Status> {
         let mut requests = request.into_inner();
-        let cluster = self.cluster.clone();
-        let (tx, rx) = mpsc::channel(16);
+        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        let (tx, rx) = mpsc::channel(INGEST_ACKS);
         tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 let response = match request {
                     Ok(r) => match cluster.ingest(r.events).await {
                         Ok(ack) if ack.time == 0 => Err(Status::unavailable("the worker process is busy; retry")),
-                        Ok(ack) => Ok(IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time }),
+                        Ok(ack) => {
+                            metrics.ingested(u64::from(ack.accepted), ack.rejects.len() as u64);
+                            Ok(IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time })
+                        }
                         Err(status) => Err(status),
                     },
                     Err(status) => Err(status),
                 };
                 let failed = response.is_err();
+                metrics.observe("Ingest", code(&response), None);
                 if tx.send(response).await.is_err() || failed {
                     break;
                 }
@@ -127,26 +175,9 @@ impl Tidemark for TidemarkService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let (frontier, _) = self.cluster.frontier_and_since();
-        let (_, threads) = self.cluster.shape();
-        let workers = self
-            .cluster
-            .processes()
-            .into_iter()
-            .enumerate()
-            .map(|(p, s)| WorkerStatus { process: p as u32, address: s.address, threads: threads as u32, frontier: s.frontier, connected: s.connected })
-            .collect();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        let mut rejects = Vec::new();
-        if frontier > 0 {
-            let processes: Vec<usize> = (0..self.cluster.shape().0).collect();
-            let peek = wire::Peek { view: "rejected_by_reason".into(), as_of: frontier - 1, ..Default::default() };
-            for row in self.cluster.peek(&processes, peek).await?.rows.into_iter().filter_map(|r| r.row) {
-                if let [reason, count] = row.values.as_slice() {
-                    rejects.push(RejectCount { reason: tidemark_proto::value::display(reason), count: tidemark_proto::value::display(count).parse().unwrap_or(0) });
-                }
-            }
-        }
-        Ok(Response::new(StatusResponse { workers, frontier, lag_ms: now - frontier as i64, views: Vec::new(), rejects, ingested: 0 }))
+        let start = Instant::now();
+        let result = self.answer_status().await;
+        self.metrics.observe("Status", code(&result), Some(start.elapsed()));
+        result.map(Response::new)
     }
 }

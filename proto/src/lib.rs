@@ -9,6 +9,7 @@
 //!   arrangements by it) and by the coordinator (which sends a key lookup only there).
 //! - [`merge`]: frontiers and subscription batches of many parts merged into one.
 //! - [`value`]: building and comparing [`v1::Value`]s.
+//! - [`auth`]: bearer tokens for the public API and the internal port.
 //!
 //! This crate knows nothing of timely or differential: the coordinator depends on it,
 //! never on the dataflows.
@@ -35,6 +36,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tide
 /// The version of the internal protocol; a worker refuses a coordinator that speaks another.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+pub mod auth;
 pub mod merge;
 pub mod routing;
 pub mod value;

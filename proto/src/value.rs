@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 
 use crate::v1::value::Kind;
-use crate::v1::Value;
+use crate::v1::{ColumnType, Value};
 
 /// Null.
 pub fn null() -> Value {
@@ -84,6 +84,20 @@ pub fn compare_prefix(values: &[Value], bound: &[Value]) -> Ordering {
     compare_all(&values[..bound.len().min(values.len())], bound)
 }
 
+/// Whether `v` may appear in a column of type `t` (null may appear in any).
+pub fn fits(v: &Value, t: ColumnType) -> bool {
+    matches!(
+        (&v.kind, t),
+        (None, _)
+            | (Some(Kind::Int64(_)), ColumnType::Int64)
+            | (Some(Kind::Double(_)), ColumnType::Double)
+            | (Some(Kind::String(_)), ColumnType::String)
+            | (Some(Kind::Bool(_)), ColumnType::Bool)
+            | (Some(Kind::TimestampMs(_)), ColumnType::TimestampMs)
+            | (Some(Kind::Bytes(_)), ColumnType::Bytes)
+    )
+}
+
 /// A value as text, for people (null as `null`, bytes as lossy UTF-8).
 pub fn display(v: &Value) -> String {
     match &v.kind {
@@ -106,6 +120,12 @@ mod tests {
         assert_eq!(compare(&int64(2), &int64(10)), Ordering::Less);
         assert_eq!(compare(&string("b"), &string("a")), Ordering::Greater);
         assert_eq!(compare(&double(f64::NAN), &double(1.0)), Ordering::Greater);
+    }
+
+    #[test]
+    fn values_fit_their_column_type() {
+        assert!(fits(&int64(1), ColumnType::Int64) && fits(&null(), ColumnType::String));
+        assert!(!fits(&string("1"), ColumnType::Int64) && !fits(&int64(1), ColumnType::TimestampMs));
     }
 
     #[test]

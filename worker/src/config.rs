@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use tidemark_dataflows::decode::Format;
+use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::views::ViewConfig;
 
 /// The format of an input file.
@@ -56,10 +57,9 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEMARK_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
     pub format: InputFormat,
 
-    /// Generator rate in events per second (the whole cluster). Live mode paces to it;
-    /// with `--max-speed` it only sets how fast simulated time passes.
-    #[arg(long, env = "TIDEMARK_RATE", default_value_t = 10_000)]
-    pub rate: u64,
+    /// The generator's traffic.
+    #[command(flatten)]
+    pub generator: GeneratorFlags,
     /// Generate as fast as possible; ingestion times follow the generator's simulated
     /// clock, so results do not depend on the machine's speed.
     #[arg(long, env = "TIDEMARK_MAX_SPEED")]
@@ -70,17 +70,6 @@ pub struct RunArgs {
     /// Stop after this many seconds of wall-clock time.
     #[arg(long, env = "TIDEMARK_DURATION")]
     pub duration: Option<u64>,
-    /// Generator seed.
-    #[arg(long, env = "TIDEMARK_SEED", default_value_t = 1)]
-    pub seed: u64,
-    /// Generator user population. Users return after more than 30 minutes, so it takes
-    /// about 700 users per event/s of `--rate` for sessions to stay realistic.
-    #[arg(long, env = "TIDEMARK_USERS", default_value_t = 7_000_000)]
-    pub users: u64,
-    /// Generate only valid, on-time, unique events (no late, duplicate, corrected or
-    /// malformed records).
-    #[arg(long, env = "TIDEMARK_CLEAN")]
-    pub clean: bool,
 
     /// Retention horizon in hours: older events are `too_late`, and events leave the
     /// views this long after their event time.
@@ -102,6 +91,50 @@ pub struct RunArgs {
     /// Print no live summary, only the final one.
     #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
     pub quiet: bool,
+}
+
+/// The built-in generator's traffic (`tidemark run`, `tidemark worker --generate`).
+#[derive(Clone, Debug, Args)]
+pub struct GeneratorFlags {
+    /// Generator rate in events per second (the whole cluster). Live mode paces to it;
+    /// with `--max-speed` it only sets how fast simulated time passes.
+    #[arg(long, env = "TIDEMARK_RATE", default_value_t = 10_000)]
+    pub rate: u64,
+    /// Generator seed.
+    #[arg(long, env = "TIDEMARK_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Generator user population. Users return after more than 30 minutes, so it takes
+    /// about 700 users per event/s of `--rate` for sessions to stay realistic.
+    #[arg(long, env = "TIDEMARK_USERS", default_value_t = 7_000_000)]
+    pub users: u64,
+    /// Generate only valid, on-time, unique events (no late, duplicate, corrected or
+    /// malformed records).
+    #[arg(long, env = "TIDEMARK_CLEAN")]
+    pub clean: bool,
+}
+
+impl GeneratorFlags {
+    /// The generator configuration: these flags, the retention horizon, and the
+    /// simulated clock's start.
+    pub fn config(&self, retention_hours: u64, start_ms: i64) -> GeneratorConfig {
+        let mut config = if self.clean { GeneratorConfig::clean() } else { GeneratorConfig::default() };
+        config.seed = self.seed;
+        config.users = self.users;
+        config.events_per_sec = self.rate;
+        config.retention_ms = retention_hours * 3_600_000;
+        config.start_ms = start_ms;
+        config
+    }
+
+    /// Appends every problem with the flags to `problems`.
+    pub fn check(&self, problems: &mut Vec<String>) {
+        if self.rate == 0 {
+            problems.push("--rate must be positive".to_owned());
+        }
+        if self.users == 0 {
+            problems.push("--users must be positive".to_owned());
+        }
+    }
 }
 
 /// The shape of a timely cluster as flags give it: what `tidemark run` and
@@ -193,8 +226,8 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         self.cluster().check(&mut problems);
-        if self.rate == 0 {
-            problems.push("--rate must be positive".to_owned());
+        if self.input.is_none() {
+            self.generator.check(&mut problems);
         }
         check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
         if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
@@ -222,8 +255,8 @@ impl RunArgs {
     pub fn describe(&self) -> String {
         let source = match &self.input {
             Some(path) => format!("replaying {} ({:?})", path.display(), self.format),
-            None if self.max_speed => format!("generator at max speed (simulated {} events/s), seed {}", self.rate, self.seed),
-            None => format!("generator at {} events/s, seed {}", self.rate, self.seed),
+            None if self.max_speed => format!("generator at max speed (simulated {} events/s), seed {}", self.generator.rate, self.generator.seed),
+            None => format!("generator at {} events/s, seed {}", self.generator.rate, self.generator.seed),
         };
         format!(
             "tidemark worker: process {}/{} with {} worker threads; {source}; retention {} h, tick {} ms{}{}",

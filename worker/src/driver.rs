@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use differential_dataflow::input::Input;
 use tidemark_dataflows::decode::RawRecord;
-use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::Dimension;
 use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::{build, ViewRow};
@@ -180,12 +179,8 @@ fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> a
             Box::new(FileSource::open(path, args.format, args.tick_ms, index, peers, progress)?)
         }
         None => {
-            let mut config = if args.clean { GeneratorConfig::clean() } else { GeneratorConfig::default() };
-            config.seed = args.seed;
-            config.users = args.users;
-            config.events_per_sec = args.rate;
-            config.retention_ms = args.retention_hours * 3_600_000;
-            config.start_ms = if args.max_speed { SIMULATED_START_MS } else { now_ms() as i64 };
+            let start_ms = if args.max_speed { SIMULATED_START_MS } else { now_ms() as i64 };
+            let config = args.generator.config(args.retention_hours, start_ms);
             let source = GeneratorSource::new(config, index, peers, args.tick_ms, !args.max_speed, args.events);
             Box::new(source)
         }

@@ -1,10 +1,14 @@
-//! The Tidemark worker process: sources, the view dataflows on timely worker threads,
-//! and the embedded default (generator or file replay with a live terminal summary).
+//! The Tidemark worker process and the `tidemark` command: sources, the view dataflows
+//! on timely worker threads, serving them to the coordinator, the engine-only run with a
+//! live terminal summary, `tidemark up` (worker and coordinator in one process), and the
+//! command-line client of the public API.
 #![forbid(missing_docs)]
 
+pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod output;
 pub mod serve;
 pub mod source;
 pub mod summary;
+pub mod up;

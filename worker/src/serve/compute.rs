@@ -59,6 +59,11 @@ pub enum ThreadCommand {
         /// Subscription id.
         id: u64,
     },
+    /// Report view sizes.
+    Status {
+        /// Request id.
+        id: u64,
+    },
     /// Insert records (JSON events) at the current input time.
     Ingest {
         /// Request id.
@@ -101,6 +106,14 @@ pub enum ThreadReply {
         /// Their ingestion time.
         time: Time,
     },
+    /// This thread's shard sizes, per view: rows (with multiplicity) at the latest
+    /// complete time, and updates held in the arrangement.
+    Status {
+        /// Request id.
+        id: u64,
+        /// `(rows, arranged updates)` per view, in view order.
+        views: Vec<(i64, i64)>,
+    },
     /// This thread's frontier (minimum over its views) and compaction.
     Frontier {
         /// Thread index within the process.
@@ -129,6 +142,8 @@ pub trait ServedView {
     fn compact(&mut self, since: Time);
     /// Updates held in this shard's arrangement.
     fn arranged_updates(&mut self) -> usize;
+    /// Rows (with multiplicity) at `as_of`.
+    fn count(&mut self, as_of: Time) -> i64;
 }
 
 type Batch<K, V> = <ValSpine<K, V, Time, isize> as TraceReader>::Batch;
@@ -169,6 +184,19 @@ where
     }
 }
 
+impl<K, V> Served<K, V>
+where
+    K: differential_dataflow::ExchangeData,
+    V: differential_dataflow::ExchangeData,
+{
+    /// Every batch of the trace, through its own upper.
+    fn batches(&mut self) -> Vec<Batch<K, V>> {
+        let mut upper = Antichain::new();
+        self.trace.read_upper(&mut upper);
+        self.trace.batches_through(upper.borrow()).expect("the trace's own upper is a clean cut")
+    }
+}
+
 impl<K, V> ServedView for Served<K, V>
 where
     K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
@@ -185,10 +213,7 @@ where
     }
 
     fn read(&mut self, as_of: Time, until: Option<Time>, seek: &[Value], filter: &RowFilter) -> (Vec<CountedRow>, Vec<Update>) {
-        let mut upper = Antichain::new();
-        self.trace.read_upper(&mut upper);
-        let batches = self.trace.batches_through(upper.borrow()).expect("the trace's own upper is a clean cut");
-        let (mut cursor, storage) = cursor_list(batches);
+        let (mut cursor, storage) = cursor_list(self.batches());
         let key = if seek.is_empty() { None } else { (self.seek)(seek) };
         if let Some(key) = &key {
             cursor.seek_key(&storage, key);
@@ -252,8 +277,23 @@ where
     }
 
     fn arranged_updates(&mut self) -> usize {
-        let mut upper = Antichain::new();
-        self.trace.read_upper(&mut upper);
-        self.trace.batches_through(upper.borrow()).map(|bs| bs.iter().map(|b| b.len()).sum()).unwrap_or(0)
+        self.batches().iter().map(|b| b.len()).sum()
+    }
+
+    fn count(&mut self, as_of: Time) -> i64 {
+        let (mut cursor, storage) = cursor_list(self.batches());
+        let mut total = 0isize;
+        while cursor.key_valid(&storage) {
+            while cursor.val_valid(&storage) {
+                cursor.map_times(&storage, |t, r| {
+                    if *t <= as_of {
+                        total += *r;
+                    }
+                });
+                cursor.step_val(&storage);
+            }
+            cursor.step_key(&storage);
+        }
+        total as i64
     }
 }

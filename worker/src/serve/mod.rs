@@ -2,8 +2,10 @@
 //!
 //! One process runs N timely worker threads (all processes together form one timely
 //! cluster) and a gRPC server speaking the internal protocol (`tidemark.internal.v1`) to
-//! the coordinator. Input comes from the coordinator's `Ingest`; ingestion times are the
-//! wall clock on a tick, so every process advances time alike.
+//! the coordinator. Input comes from the coordinator's `Ingest` and, with `--generate`,
+//! from the built-in generator (every thread of the cluster makes its part of the
+//! traffic); ingestion times are the wall clock on a tick, so every process advances time
+//! alike.
 //!
 //! - [`schema`]: the views' columns, keys and rows as the API shows them.
 //! - [`filter`]: which rows a peek or subscription selects.
@@ -17,6 +19,7 @@ pub mod schema;
 pub mod server;
 pub mod thread;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +28,13 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Args;
+use prometheus_client::metrics::counter::Counter;
+use tidemark_coordinator::config::InternalSecret;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
-use crate::config::{check_view_flags, view_config, ClusterFlags};
+use crate::config::{check_view_flags, view_config, ClusterFlags, GeneratorFlags};
+use crate::source::now_ms;
 use self::thread::ThreadContext;
 
 /// Commands buffered per worker thread.
@@ -67,6 +73,19 @@ pub struct WorkerArgs {
     /// How far behind the frontier (ms) queries and subscriptions may start.
     #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
     pub history_ms: u64,
+    /// Feed the views from the built-in generator too (live, paced to the wall clock;
+    /// every process of the cluster must be given the same generator flags).
+    #[arg(long, env = "TIDEMARK_GENERATE")]
+    pub generate: bool,
+    /// The generator's traffic, with `--generate`.
+    #[command(flatten)]
+    pub generator: GeneratorFlags,
+    /// Address of this process's Prometheus metrics endpoint (`GET /metrics`), if any.
+    #[arg(long, env = "TIDEMARK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The secret a coordinator must present on the internal port.
+    #[command(flatten)]
+    pub secret: InternalSecret,
 }
 
 impl WorkerArgs {
@@ -85,7 +104,29 @@ impl WorkerArgs {
         let mut problems = Vec::new();
         self.cluster().check(&mut problems);
         check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
+        if self.generate {
+            self.generator.check(&mut problems);
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// A one-line description of the effective configuration.
+    pub fn describe(&self) -> String {
+        let source = if self.generate {
+            format!("generator at {} events/s (seed {}) and Ingest", self.generator.rate, self.generator.seed)
+        } else {
+            "Ingest only".to_owned()
+        };
+        format!(
+            "tidemark worker: process {}/{} with {} threads; {source}; internal gRPC on {}; retention {} h, tick {} ms, history {} ms",
+            self.process_index(),
+            self.processes,
+            self.workers,
+            self.listen,
+            self.retention_hours,
+            self.tick_ms,
+            self.history_ms
+        )
     }
 }
 
@@ -99,29 +140,52 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if let Err(problems) = args.validate() {
         anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
-    let process = args.process_index();
-    eprintln!(
-        "tidemark worker: process {process}/{} with {} threads; internal gRPC on {}; retention {} h, tick {} ms, history {} ms",
-        args.processes, args.workers, args.listen, args.retention_hours, args.tick_ms, args.history_ms
-    );
-    let communication = args.cluster().communication()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(THREAD_REPLIES);
-    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| sync_channel(THREAD_COMMANDS)).unzip();
-    let command_rxs: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(command_rxs.into_iter().map(Some).collect()));
-
+    eprintln!("{}", args.describe());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("binding {}", args.listen))?;
     eprintln!("listening on {}", listener.local_addr()?);
+    runtime.block_on(serve(args, listener, shutdown_signal()))?;
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// Runs the timely threads and serves the internal protocol on `listener` until
+/// `shutdown` resolves; then stops the threads. Call it inside a Tokio runtime.
+pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Err(problems) = args.validate() {
+        anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+    let communication = args.cluster().communication()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingested = Counter::default();
+    let check = args.secret.check()?;
+    let metrics_listener = match args.metrics_listen {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding the metrics port {address}"))?),
+        None => None,
+    };
+    let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(THREAD_REPLIES);
+    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| sync_channel(THREAD_COMMANDS)).unzip();
+    let command_rxs: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(command_rxs.into_iter().map(Some).collect()));
+    let generator = args.generate.then(|| args.generator.config(args.retention_hours, now_ms() as i64));
 
     let cluster = {
-        let (stop, config, threads, history_ms) = (stop.clone(), view_config(args.tick_ms, args.retention_hours), args.workers, args.history_ms);
+        let (stop, ingested, config, threads, history_ms) =
+            (stop.clone(), ingested.clone(), view_config(args.tick_ms, args.retention_hours), args.workers, args.history_ms);
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             timely::execute(timely_config, move |worker| {
                 let local = worker.index() % threads;
                 let commands = command_rxs.lock().expect("no panics while taking a receiver")[local].take().expect("each thread takes its own receiver");
-                let ctx = ThreadContext { config: config.clone(), history_ms, threads, commands, replies: reply_tx.clone(), stop: stop.clone() };
+                let ctx = ThreadContext {
+                    config: config.clone(),
+                    history_ms,
+                    threads,
+                    commands,
+                    replies: reply_tx.clone(),
+                    stop: stop.clone(),
+                    generator: generator.clone(),
+                    ingested: ingested.clone(),
+                };
                 thread::run(worker, ctx);
             })
             .map(|guards| drop(guards.join()))
@@ -129,20 +193,31 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
         })?
     };
 
-    let shape = Shape { process, processes: args.processes, threads: args.workers };
+    let shape = Shape { process: args.process_index(), processes: args.processes, threads: args.workers };
     let decode = view_config(args.tick_ms, args.retention_hours).decode;
-    let stop_server = stop.clone();
-    runtime.block_on(async move {
-        let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, reply_rx);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tonic::transport::Server::builder()
-            .add_service(WorkerServer::new(service))
-            .serve_with_incoming_shutdown(incoming, shutdown_signal())
-            .await
-    })?;
-    stop_server.store(true, Ordering::SeqCst);
-    runtime.shutdown_background();
-    cluster.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+    let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, ingested, reply_rx);
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = metrics_listener.map(|listener| {
+        let (service, mut stopped) = (service.clone(), stopped.clone());
+        tokio::spawn(tidemark_coordinator::metrics::serve(listener, Arc::new(move || service.render_metrics()), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    });
+    let served = tonic::transport::Server::builder()
+        .add_service(WorkerServer::with_interceptor(service.clone(), check))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            service.end_session();
+        })
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = stopped_tx.send(true);
+    if let Some(server) = metrics_server {
+        server.await??;
+    }
+    let joined = tokio::task::spawn_blocking(move || cluster.join()).await?;
+    served?;
+    joined.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     Ok(())
 }
 

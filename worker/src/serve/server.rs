@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::SyncSender;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tidemark_dataflows::decode::{decode, DecodeConfig, Format, RawRecord};
@@ -17,8 +18,11 @@ use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
 use tidemark_proto::merge::{sort_by_key, BatchMerge, FrontierMerge};
 use tidemark_proto::routing::{key_hash, owner, routing_text};
-use tidemark_proto::v1::{CountedRow, IngestReject};
+use tidemark_proto::v1::{CountedRow, IngestReject, ViewStatus};
 use tidemark_proto::PROTOCOL_VERSION;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -51,15 +55,33 @@ struct PeekMerge {
     limit: usize,
 }
 
+struct StatusMerge {
+    remaining: usize,
+    views: Vec<(i64, i64)>,
+}
+
 #[derive(Default)]
 struct State {
     out: Option<mpsc::Sender<Result<wire::Response, Status>>>,
     peeks: HashMap<u64, PeekMerge>,
     subscriptions: HashMap<u64, BatchMerge>,
     ingests: HashMap<u64, (u32, Vec<IngestReject>)>,
+    statuses: HashMap<u64, StatusMerge>,
     frontier: Option<FrontierMerge>,
     sinces: Vec<u64>,
     sent: (u64, u64),
+}
+
+impl ProcessMetrics {
+    fn new(ingested: &Counter) -> Self {
+        let mut registry = Registry::with_prefix("tidemark_worker");
+        registry.register("ingested_records", "Records inserted into this process's views (Ingest and built-in sources)", ingested.clone());
+        let (frontier, since, subscriptions) = (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register("frontier_ms", "Every earlier time is complete in this process (ms since the epoch)", frontier.clone());
+        registry.register("since_ms", "Earlier times are compacted in this process (ms since the epoch)", since.clone());
+        registry.register("subscriptions", "Subscriptions this process serves", subscriptions.clone());
+        ProcessMetrics { registry, frontier, since, subscriptions }
+    }
 }
 
 /// The internal service of one worker process.
@@ -71,6 +93,16 @@ pub struct WorkerService {
     decode: Arc<DecodeConfig>,
     state: Arc<Mutex<State>>,
     next_thread: Arc<std::sync::atomic::AtomicUsize>,
+    ingested: Counter,
+    metrics: Arc<ProcessMetrics>,
+}
+
+/// What a worker process shows Prometheus.
+struct ProcessMetrics {
+    registry: Registry,
+    frontier: Gauge,
+    since: Gauge,
+    subscriptions: Gauge,
 }
 
 impl WorkerService {
@@ -81,6 +113,7 @@ impl WorkerService {
         schemas: Vec<Schema>,
         threads: Vec<SyncSender<ThreadCommand>>,
         decode: DecodeConfig,
+        ingested: Counter,
         mut replies: mpsc::Receiver<ThreadReply>,
     ) -> Self {
         let state = State { frontier: Some(FrontierMerge::new(shape.threads)), sinces: vec![0; shape.threads], ..State::default() };
@@ -91,6 +124,8 @@ impl WorkerService {
             decode: Arc::new(decode),
             state: Arc::new(Mutex::new(state)),
             next_thread: Arc::default(),
+            metrics: Arc::new(ProcessMetrics::new(&ingested)),
+            ingested,
         };
         let router = service.clone();
         tokio::spawn(async move {
@@ -100,6 +135,26 @@ impl WorkerService {
             }
         });
         service
+    }
+
+    /// Ends the coordinator's session (on shutdown: an open stream would hold a graceful
+    /// shutdown open forever).
+    pub fn end_session(&self) {
+        if let Some(out) = self.lock().out.take() {
+            let _ = out.try_send(Err(Status::unavailable("the worker process is shutting down")));
+        }
+    }
+
+    /// This process's metrics in the OpenMetrics text format.
+    pub fn render_metrics(&self) -> String {
+        let state = self.lock();
+        self.metrics.frontier.set(state.sent.0 as i64);
+        self.metrics.since.set(state.sent.1 as i64);
+        self.metrics.subscriptions.set(state.subscriptions.len() as i64);
+        drop(state);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry).expect("writing to a String does not fail");
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -176,6 +231,26 @@ impl WorkerService {
             ThreadReply::Ingest { id, time } => {
                 let (accepted, rejects) = state.ingests.remove(&id).unwrap_or_default();
                 vec![Resp::Ingest(wire::IngestAck { id, accepted, rejects, time })]
+            }
+            ThreadReply::Status { id, views } => {
+                let Some(merge) = state.statuses.get_mut(&id) else { return Vec::new() };
+                for (total, part) in merge.views.iter_mut().zip(views) {
+                    total.0 += part.0;
+                    total.1 += part.1;
+                }
+                merge.remaining -= 1;
+                if merge.remaining > 0 {
+                    return Vec::new();
+                }
+                let merge = state.statuses.remove(&id).expect("present above");
+                let views = self
+                    .schemas
+                    .iter()
+                    .zip(merge.views)
+                    .map(|(schema, (rows, arranged_updates))| ViewStatus { name: schema.name.to_owned(), rows, arranged_updates })
+                    .collect();
+                let ingested = self.ingested.get();
+                vec![Resp::Status(wire::StatusResponse { id, upper: state.sent.0, views, ingested })]
             }
             ThreadReply::Frontier { thread, upper, since } => {
                 let frontier = state.frontier.as_mut().expect("set at start");
@@ -304,7 +379,7 @@ impl WorkerService {
         }
         let accepted = (ingest.events.len() - rejects.len()) as u32;
         self.lock().ingests.insert(id, (accepted, rejects));
-        let thread = self.next_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shape.threads;
+        let thread = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.shape.threads;
         let events = ingest.events;
         if let Err(e) = self.threads[thread].try_send(ThreadCommand::Ingest { id, events }) {
             self.lock().ingests.remove(&id);
@@ -315,8 +390,18 @@ impl WorkerService {
     }
 
     fn handle_status(&self, s: wire::StatusRequest) -> Vec<Resp> {
-        let upper = self.lock().sent.0;
-        vec![Resp::Status(wire::StatusResponse { id: s.id, upper, views: Vec::new(), rejects: Vec::new() })]
+        let id = s.id;
+        let merge = StatusMerge { remaining: self.shape.threads, views: vec![(0, 0); self.schemas.len()] };
+        self.lock().statuses.insert(id, merge);
+        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Status { id }) {
+            // Answer without sizes rather than not at all: one response per request.
+            tracing::warn!("status {id}: {e}");
+            let mut state = self.lock();
+            state.statuses.remove(&id);
+            let ingested = self.ingested.get();
+            return vec![Resp::Status(wire::StatusResponse { id, upper: state.sent.0, views: Vec::new(), ingested })];
+        }
+        Vec::new()
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::input::Input;
+use prometheus_client::metrics::counter::Counter;
 use tidemark_dataflows::decode::{Format, RawRecord};
+use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::key_of;
 use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::{build, ViewConfig};
@@ -19,7 +21,10 @@ use tokio::sync::mpsc::Sender;
 use super::compute::{Served, ServedView, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema;
-use crate::source::now_ms;
+use crate::source::{now_ms, GeneratorSource, Source};
+
+/// Most generated records inserted per loop iteration.
+const GENERATED_PER_STEP: usize = 50_000;
 
 /// What a serving thread needs from its process.
 pub struct ThreadContext {
@@ -35,6 +40,10 @@ pub struct ThreadContext {
     pub replies: Sender<ThreadReply>,
     /// Set when the process shuts down.
     pub stop: Arc<AtomicBool>,
+    /// The built-in generator's traffic (all processes together), if it runs.
+    pub generator: Option<GeneratorConfig>,
+    /// Records this process has inserted, counted by every thread.
+    pub ingested: Counter,
 }
 
 struct Peek {
@@ -83,6 +92,9 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let (mut since, mut reported) = (0, (0, 0));
     let mut position = (worker.index() as u64) << 40;
+    // Thread `i` of the cluster generates part `i` of the traffic, paced to the wall clock.
+    let mut generator = ctx.generator.clone().map(|config| GeneratorSource::new(config, worker.index(), worker.peers(), tick, true, None));
+    let mut generated = Vec::new();
     let reply = |r: ThreadReply| {
         // The server is gone only when the process is stopping.
         let _ = ctx.replies.blocking_send(r);
@@ -94,6 +106,14 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
             input.advance_to(now);
             input.flush();
         }
+        if let Some(source) = &mut generator {
+            // A live generator never ends; it releases what the wall clock has reached.
+            let _ = source.next_batch(&mut generated, GENERATED_PER_STEP);
+            ctx.ingested.inc_by(generated.len() as u64);
+            for record in generated.drain(..) {
+                input.insert(record);
+            }
+        }
         while let Ok(command) = ctx.commands.try_recv() {
             match command {
                 ThreadCommand::Peek { id, view, seek, filter, as_of } => peeks.push(Peek { id, view, seek, filter, as_of }),
@@ -103,8 +123,19 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
                 ThreadCommand::Cancel { id } => {
                     subscriptions.remove(&id);
                 }
+                ThreadCommand::Status { id } => {
+                    let sizes = views
+                        .iter_mut()
+                        .map(|v| {
+                            let upper = v.upper();
+                            (if upper > 0 { v.count(upper - 1) } else { 0 }, v.arranged_updates() as i64)
+                        })
+                        .collect();
+                    reply(ThreadReply::Status { id, views: sizes });
+                }
                 ThreadCommand::Ingest { id, events } => {
                     let time = *input.time();
+                    ctx.ingested.inc_by(events.len() as u64);
                     for bytes in events {
                         position += 1;
                         input.insert(RawRecord { format: Format::Json, position, bytes });

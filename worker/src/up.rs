@@ -1,0 +1,160 @@
+//! `tidemark up`: the whole system in one command on the embedded default. One worker
+//! process (several timely threads, fed by the built-in generator and by `Ingest`) and
+//! the coordinator serving the public API, its health and reflection services and its
+//! metrics. The two talk over the same internal gRPC protocol as in a cluster, on a
+//! loopback port of their own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tidemark_coordinator::cluster::Cluster;
+use tidemark_coordinator::config::{InternalSecret, ServeArgs};
+use tidemark_dataflows::time::format_timestamp;
+
+use crate::config::GeneratorFlags;
+use crate::serve::{self, shutdown_signal, WorkerArgs};
+
+/// `tidemark up`.
+#[derive(Clone, Debug, Args)]
+pub struct UpArgs {
+    /// Worker threads.
+    #[arg(long, short = 'w', env = "TIDEMARK_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Do not run the generator: views are fed by `Ingest` only.
+    #[arg(long, env = "TIDEMARK_NO_GENERATE")]
+    pub no_generate: bool,
+    /// The generator's traffic.
+    #[command(flatten)]
+    pub generator: GeneratorFlags,
+    /// Retention horizon in hours.
+    #[arg(long, env = "TIDEMARK_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+    /// Ingestion tick in milliseconds.
+    #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// How far behind the frontier (ms) queries and subscriptions may start.
+    #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
+    pub history_ms: u64,
+    /// The public server.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Stop after this many seconds (default: run until SIGTERM or Ctrl-C).
+    #[arg(long, env = "TIDEMARK_DURATION")]
+    pub duration: Option<u64>,
+    /// No status line every few seconds.
+    #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
+    pub quiet: bool,
+}
+
+impl UpArgs {
+    fn worker(&self, internal: SocketAddr) -> WorkerArgs {
+        WorkerArgs {
+            workers: self.workers,
+            processes: 1,
+            process: Some(0),
+            peers: Vec::new(),
+            hostfile: None,
+            listen: internal,
+            retention_hours: self.retention_hours,
+            tick_ms: self.tick_ms,
+            history_ms: self.history_ms,
+            generate: !self.no_generate,
+            generator: self.generator.clone(),
+            metrics_listen: None,
+            secret: InternalSecret { internal_secret_file: None, internal_secret: None },
+        }
+    }
+}
+
+/// Runs until SIGTERM, Ctrl-C or `--duration`.
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    let options = args.serve.options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let internal_address = internal.local_addr()?;
+        let worker_args = args.worker(internal_address);
+        if let Err(problems) = worker_args.validate() {
+            anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+        }
+        let public = tokio::net::TcpListener::bind(args.serve.listen).await.with_context(|| format!("binding {}", args.serve.listen))?;
+        let metrics = tokio::net::TcpListener::bind(args.serve.metrics_listen).await.with_context(|| format!("binding {}", args.serve.metrics_listen))?;
+        let (public_address, metrics_address) = (public.local_addr()?, metrics.local_addr()?);
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut worker_stopped = stopped.clone();
+        let worker = tokio::spawn(serve::serve(worker_args.clone(), internal, async move {
+            let _ = worker_stopped.wait_for(|s| *s).await;
+        }));
+        let cluster = Cluster::connect(vec![internal_address.to_string()], Duration::from_secs(30), None).await?;
+        eprintln!("{}", worker_args.describe());
+        banner(public_address, metrics_address, options.tls.is_some(), &ServeArgs::describe_security(&options));
+
+        if !args.quiet {
+            tokio::spawn(report(cluster.clone(), stopped.clone()));
+        }
+        let duration = args.duration;
+        let shutdown = async move {
+            match duration {
+                Some(s) => tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(s)) => {}
+                },
+                None => shutdown_signal().await,
+            }
+        };
+        let served = tidemark_coordinator::run(public, Some(metrics), cluster, options, shutdown).await;
+        let _ = stop.send(true);
+        worker.await??;
+        served?;
+        eprintln!("stopped");
+        Ok(())
+    })?;
+    runtime.shutdown_background();
+    Ok(())
+}
+
+fn banner(public: SocketAddr, metrics: SocketAddr, tls: bool, security: &str) {
+    let scheme = if tls { "https" } else { "http" };
+    let plaintext = if tls { "" } else { "-plaintext " };
+    eprintln!(
+        "\nTidemark is up: public gRPC on {scheme}://{public} ({security}), metrics on http://{metrics}/metrics
+Try, from another terminal (the binary is target/debug/tidemark, or `cargo run -p tidemark-worker --`):
+  tidemark views
+  tidemark query kpis --where granularity=minute
+  tidemark query funnel --where granularity=hour --where dimension=country
+  tidemark query sessions --limit 5
+  tidemark subscribe kpis --where granularity=minute --progress
+  tidemark status
+  grpcurl {plaintext}{public} list
+  grpcurl {plaintext}-d '{{\"view\": \"kpis\", \"limit\": 3}}' {public} tidemark.v1.Tidemark/Query
+Stop with Ctrl-C.\n"
+    );
+}
+
+/// A status line every few seconds: completeness, ingestion rate and view sizes.
+async fn report(cluster: Arc<Cluster>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let (frontier, _) = cluster.frontier_and_since();
+        let Ok(sizes) = cluster.sizes().await else { continue };
+        let now = std::time::Instant::now();
+        let rate = last.map(|(n, at)| (sizes.ingested - n) as f64 / now.duration_since(at).as_secs_f64()).unwrap_or(0.0);
+        last = Some((sizes.ingested, now));
+        let views: Vec<String> = sizes.views.iter().map(|v| format!("{} {}", v.name, v.rows)).collect();
+        eprintln!(
+            "complete through {} (lag {} ms) | {} records ({rate:.0}/s) | rows: {}",
+            format_timestamp(frontier as i64 - 1),
+            tidemark_coordinator::now_ms() as i64 - frontier as i64,
+            sizes.ingested,
+            views.join(", ")
+        );
+    }
+}
