@@ -24,6 +24,16 @@ use tonic::Status;
 /// Commands buffered per process.
 const COMMANDS: usize = 1024;
 
+/// The one place where a worker's failure becomes the status a client sees.
+fn worker_error(kind: i32, message: String) -> Status {
+    match wire::ErrorKind::try_from(kind).unwrap_or(wire::ErrorKind::Unspecified) {
+        wire::ErrorKind::Invalid => Status::invalid_argument(message),
+        wire::ErrorKind::Compacted => Status::out_of_range(message),
+        wire::ErrorKind::Unavailable => Status::unavailable(message),
+        wire::ErrorKind::Internal | wire::ErrorKind::Unspecified => Status::internal(message),
+    }
+}
+
 /// A peek's merged answer.
 pub struct PeekAnswer {
     /// Rows of every asked process.
@@ -36,8 +46,8 @@ struct PeekWait {
     remaining: usize,
     rows: Vec<CountedRow>,
     truncated: bool,
-    error: Option<String>,
-    done: oneshot::Sender<Result<PeekAnswer, String>>,
+    error: Option<Status>,
+    done: oneshot::Sender<Result<PeekAnswer, Status>>,
 }
 
 struct Subscription {
@@ -196,7 +206,7 @@ impl Cluster {
                     wait.rows.extend(p.rows);
                     wait.truncated |= p.truncated;
                 } else {
-                    wait.error = Some(p.error);
+                    wait.error = Some(worker_error(p.error_kind, p.error));
                 }
                 wait.remaining -= 1;
                 if wait.remaining == 0 {
@@ -238,8 +248,9 @@ impl Cluster {
                     drop(state);
                     self.cancel(e.id);
                     if !e.error.is_empty() {
+                        let status = worker_error(e.error_kind, e.error);
                         tokio::spawn(async move {
-                            let _ = sub.client.send(Err(Status::failed_precondition(e.error))).await;
+                            let _ = sub.client.send(Err(status)).await;
                         });
                     }
                 }
@@ -368,9 +379,7 @@ impl Cluster {
             }
         }
         match answer.await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) if e.contains("compaction") => Err(Status::out_of_range(e)),
-            Ok(Err(e)) => Err(Status::invalid_argument(e)),
+            Ok(answer) => answer,
             Err(_) => Err(Status::unavailable("a worker process went away during the peek")),
         }
     }

@@ -35,6 +35,19 @@ fn code<T>(result: &Result<T, Status>) -> tonic::Code {
     result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(Status::code)
 }
 
+/// Refuses filters on unknown columns or with values of the wrong type before anything
+/// reaches the workers (which check again).
+fn check_filters(view: &ViewInfo, filters: &[Filter]) -> Result<(), Status> {
+    for f in filters {
+        let column = view.columns.iter().find(|c| c.name == f.column).ok_or_else(|| Status::invalid_argument(format!("{} has no column {:?}", view.name, f.column)))?;
+        let t = ColumnType::try_from(column.r#type).unwrap_or(ColumnType::Unspecified);
+        if !tidemark_proto::value::fits(&f.value.clone().unwrap_or_default(), t) {
+            return Err(Status::invalid_argument(format!("filter value for column {:?} is not of its type {}", f.column, t.as_str_name())));
+        }
+    }
+    Ok(())
+}
+
 impl TidemarkService {
     /// A service answering from `cluster`, counting into `metrics`, buffering
     /// `subscriber_buffer` messages per subscriber.
@@ -66,6 +79,7 @@ impl TidemarkService {
 
     async fn answer_query(&self, q: QueryRequest) -> Result<QueryResponse, Status> {
         let view = self.view(&q.view)?;
+        check_filters(&view, &q.filters)?;
         if q.key.len() > view.key_columns.len() {
             return Err(Status::invalid_argument(format!("{} has {} key columns; the key gives {} values", view.name, view.key_columns.len(), q.key.len())));
         }
@@ -90,6 +104,7 @@ impl TidemarkService {
 
     async fn start_subscription(&self, s: SubscribeRequest) -> Result<mpsc::Receiver<Result<SubscribeResponse, Status>>, Status> {
         let view = self.view(&s.view)?;
+        check_filters(&view, &s.filters)?;
         let as_of = self.read_time(s.as_of, DEFAULT_TIMEOUT).await?;
         let (tx, rx) = mpsc::channel(self.subscriber_buffer.max(2));
         tx.send(Ok(SubscribeResponse { columns: view.columns, batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;

@@ -336,6 +336,23 @@ fn bad_requests_get_clear_statuses_and_the_servers_keep_serving() {
         let long_key = vec![value::string("a"); 9];
         assert_eq!(code(client.query(QueryRequest { key: long_key, ..query("kpis") }).await), tonic::Code::InvalidArgument);
         assert_eq!(code(client.query(QueryRequest { as_of: Some(1), ..query("kpis") }).await), tonic::Code::OutOfRange);
+        let err = client.subscribe(SubscribeRequest { view: "kpis".into(), as_of: Some(1), ..Default::default() }).await.expect_err("compacted");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        let err = client.subscribe(SubscribeRequest { view: "kpis".into(), filters: vec![Filter { column: "x".into(), ..Default::default() }], ..Default::default() }).await;
+        let err = match err {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => panic!("the stream ended without a status"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
         let future = now_ms() + 3_600_000;
         assert_eq!(code(client.query(QueryRequest { as_of: Some(future), timeout_ms: 200, ..query("kpis") }).await), tonic::Code::DeadlineExceeded);
 

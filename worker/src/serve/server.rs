@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tidemark_dataflows::decode::{decode, DecodeConfig, Format, RawRecord};
 use tidemark_proto::internal::v1 as wire;
+use tidemark_proto::internal::v1::ErrorKind;
 use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
 use tidemark_proto::merge::{sort_by_key, BatchMerge, FrontierMerge};
@@ -36,6 +37,14 @@ use crate::source::now_ms;
 /// Responses buffered towards the coordinator.
 const OUTBOUND: usize = 1024;
 
+fn peek_failed(id: u64, kind: ErrorKind, error: String) -> Resp {
+    Resp::Peek(wire::PeekResponse { id, error, error_kind: kind as i32, ..Default::default() })
+}
+
+fn ended(id: u64, kind: ErrorKind, error: String) -> Resp {
+    Resp::Ended(wire::SubscriptionEnded { id, error, error_kind: kind as i32 })
+}
+
 /// The cluster's shape as this process sees it.
 #[derive(Clone, Debug)]
 pub struct Shape {
@@ -50,7 +59,7 @@ pub struct Shape {
 struct PeekMerge {
     remaining: usize,
     rows: Vec<CountedRow>,
-    error: Option<String>,
+    error: Option<(ErrorKind, String)>,
     key_columns: usize,
     limit: usize,
 }
@@ -191,29 +200,29 @@ impl WorkerService {
                 let Some(merge) = state.peeks.get_mut(&id) else { return Vec::new() };
                 match result {
                     Ok(rows) => merge.rows.extend(rows),
-                    Err(e) => merge.error = Some(e),
+                    Err(e) => merge.error = Some((ErrorKind::Compacted, e)),
                 }
                 merge.remaining -= 1;
                 if merge.remaining > 0 {
                     return Vec::new();
                 }
                 let mut merge = state.peeks.remove(&id).expect("present above");
-                if let Some(error) = merge.error {
-                    return vec![Resp::Peek(wire::PeekResponse { id, error, ..Default::default() })];
+                if let Some((kind, error)) = merge.error {
+                    return vec![peek_failed(id, kind, error)];
                 }
                 sort_by_key(&mut merge.rows, merge.key_columns);
                 let truncated = merge.limit > 0 && merge.rows.len() > merge.limit;
                 if truncated {
                     merge.rows.truncate(merge.limit);
                 }
-                vec![Resp::Peek(wire::PeekResponse { id, rows: merge.rows, error: String::new(), truncated })]
+                vec![Resp::Peek(wire::PeekResponse { id, rows: merge.rows, truncated, ..Default::default() })]
             }
             ThreadReply::Batch { id, thread, batch } => {
                 let Some(merge) = state.subscriptions.get_mut(&id) else { return Vec::new() };
                 if let Err(e) = merge.push(thread, batch) {
                     state.subscriptions.remove(&id);
                     let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
-                    return vec![Resp::Ended(wire::SubscriptionEnded { id, error: format!("broken subscription protocol: {e}") })];
+                    return vec![ended(id, ErrorKind::Internal, format!("broken subscription protocol: {e}"))];
                 }
                 let mut out = Vec::new();
                 while let Some(batch) = merge.take() {
@@ -226,7 +235,7 @@ impl WorkerService {
                     return Vec::new();
                 }
                 let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
-                vec![Resp::Ended(wire::SubscriptionEnded { id, error })]
+                vec![ended(id, ErrorKind::Compacted, error)]
             }
             ThreadReply::Ingest { id, time } => {
                 let (accepted, rejects) = state.ingests.remove(&id).unwrap_or_default();
@@ -304,15 +313,15 @@ impl WorkerService {
 
     fn handle_peek(&self, peek: wire::Peek) -> Vec<Resp> {
         let id = peek.id;
-        let fail = |error: String| vec![Resp::Peek(wire::PeekResponse { id, error, ..Default::default() })];
+        let fail = |kind, error: String| vec![peek_failed(id, kind, error)];
         let (view, schema) = match self.view(&peek.view) {
             Ok(v) => v,
-            Err(e) => return fail(e),
+            Err(e) => return fail(ErrorKind::Invalid, e),
         };
         let (lower, upper) = peek.range.as_ref().map(|r| (r.lower.as_slice(), r.upper.as_slice())).unwrap_or_default();
         let filter = match RowFilter::new(schema, &peek.key, lower, upper, &peek.filters) {
             Ok(f) => f,
-            Err(e) => return fail(e),
+            Err(e) => return fail(ErrorKind::Invalid, e),
         };
         // A key with every routing column lives on one thread of one process.
         let routing = schema.routing_columns;
@@ -332,28 +341,28 @@ impl WorkerService {
         let as_of = peek.as_of;
         if let Err(e) = self.to_threads(&threads, || ThreadCommand::Peek { id, view, seek: seek.clone(), filter: filter.clone(), as_of }) {
             self.lock().peeks.remove(&id);
-            return fail(e);
+            return fail(ErrorKind::Unavailable, e);
         }
         Vec::new()
     }
 
     fn handle_subscribe(&self, s: wire::Subscribe) -> Vec<Resp> {
         let id = s.id;
-        let fail = |error: String| vec![Resp::Ended(wire::SubscriptionEnded { id, error })];
+        let fail = |kind, error: String| vec![ended(id, kind, error)];
         let (view, schema) = match self.view(&s.view) {
             Ok(v) => v,
-            Err(e) => return fail(e),
+            Err(e) => return fail(ErrorKind::Invalid, e),
         };
         let filter = match RowFilter::new(schema, &[], &[], &[], &s.filters) {
             Ok(f) => f,
-            Err(e) => return fail(e),
+            Err(e) => return fail(ErrorKind::Invalid, e),
         };
         self.lock().subscriptions.insert(id, BatchMerge::new(self.shape.threads, s.as_of));
         let (as_of, snapshot) = (s.as_of, !s.without_snapshot);
         if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id, view, filter: filter.clone(), as_of, snapshot }) {
             self.lock().subscriptions.remove(&id);
             let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
-            return fail(e);
+            return fail(ErrorKind::Unavailable, e);
         }
         Vec::new()
     }
@@ -362,7 +371,7 @@ impl WorkerService {
         let id = c.id;
         if self.lock().subscriptions.remove(&id).is_some() {
             let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
-            return vec![Resp::Ended(wire::SubscriptionEnded { id, error: String::new() })];
+            return vec![Resp::Ended(wire::SubscriptionEnded { id, ..Default::default() })];
         }
         Vec::new()
     }
