@@ -74,7 +74,7 @@ start_cluster() {
     # port in the ephemeral range that nobody listens on yet can connect a socket to
     # itself (TCP simultaneous open), which then holds the port the worker wants.
     local waited=0
-    until grep -q "^listening on" "$TMP/worker.log"; do
+    until grep -qs "^listening on" "$TMP/worker.log"; do
         check_alive "while starting"
         ((waited++ < 600)) || die "the worker did not listen within 60 s"
         sleep 0.1

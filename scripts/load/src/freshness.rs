@@ -168,7 +168,7 @@ pub async fn run(args: FreshnessArgs) -> anyhow::Result<()> {
     };
 
     let progress = {
-        let (recorded, counters) = (recorded.clone(), counters.clone());
+        let (recorded, counters, rate) = (recorded.clone(), counters.clone(), args.rate);
         progress_every_second(start, until, move |elapsed| {
             let mut r = recorded.lock().expect("no panics while recording");
             let interval = Percentiles::of(&r.interval);
@@ -176,7 +176,7 @@ pub async fn run(args: FreshnessArgs) -> anyhow::Result<()> {
             let phase = if Instant::now() < measure_from { "warmup" } else { "measure" };
             eprintln!(
                 "[freshness] {elapsed:>3} s {phase}: offered {} sent {} acked {} events | markers measured {} waiting {} missed {} | last second p50 {} us p99 {} us",
-                Counters::get(&counters.offered),
+                rate * elapsed,
                 Counters::get(&counters.sent),
                 Counters::get(&counters.acked),
                 r.all.len(),
@@ -189,10 +189,10 @@ pub async fn run(args: FreshnessArgs) -> anyhow::Result<()> {
     };
 
     tokio::time::sleep_until(measure_from.into()).await;
-    let (offered_before, acked_before) = counters.snapshot();
+    let acked_before = counters.acked();
     tokio::time::sleep_until(until.into()).await;
-    let (offered, acked) = counters.snapshot();
-    let (offered, acked) = (offered - offered_before, acked - acked_before);
+    let acked = counters.acked() - acked_before;
+    let offered = args.rate * c.duration;
     ingesting.await.context("the ingest task failed")?;
     let markers_acked = acknowledging.await.context("the acknowledgement task failed")?;
     progress.abort();

@@ -49,8 +49,6 @@ pub struct Ack {
 /// Counters of a paced ingestion, readable while it runs.
 #[derive(Default)]
 pub struct Counters {
-    /// Events the schedule has made due so far.
-    pub offered: AtomicU64,
     /// Events handed to the stream.
     pub sent: AtomicU64,
     /// Events in acknowledged requests.
@@ -71,9 +69,9 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
-    /// (offered, acknowledged) events so far.
-    pub fn snapshot(&self) -> (u64, u64) {
-        (Counters::get(&self.offered), Counters::get(&self.acked))
+    /// Events acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        Counters::get(&self.acked)
     }
 
     /// The failed streams so far.
@@ -155,7 +153,6 @@ pub async fn run(
             break;
         }
         let due = schedule.due(now - start);
-        counters.offered.store(due, Ordering::Relaxed);
         if stream.as_ref().is_some_and(|s| s.reader.is_finished()) {
             stream = None;
         }

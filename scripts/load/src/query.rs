@@ -182,16 +182,15 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         let counters = counters.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            let (offered, acked) = counters.snapshot();
+            let acked = counters.acked();
             tokio::time::sleep_until(until.into()).await;
-            let (offered_end, acked_end) = counters.snapshot();
-            (offered_end - offered, acked_end - acked)
+            counters.acked() - acked
         })
     };
 
     // Progress, once a second.
     let progress = {
-        let (recorder, counters) = (recorder.clone(), counters.clone());
+        let (recorder, counters, rate) = (recorder.clone(), counters.clone(), args.ingest_rate);
         progress_every_second(start, until, move |elapsed| {
             let mut r = recorder.lock();
             let interval = r.interval.replace(histogram()).map(|h| Percentiles::of(&h)).unwrap_or_default();
@@ -204,7 +203,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 interval.p99,
                 interval.max,
                 Counters::get(&counters.acked),
-                Counters::get(&counters.offered),
+                rate * elapsed,
             );
         })
     };
@@ -259,7 +258,8 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     pacer.join().map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
     // Every lookup in flight ends (answer or deadline) before the summary.
     let _all = slots.acquire_many(args.concurrency as u32).await.expect("the semaphore stays open");
-    let (offered_ingest, acked_ingest) = window.await.context("the window task failed")?;
+    let acked_ingest = window.await.context("the window task failed")?;
+    let offered_ingest = args.ingest_rate * c.duration;
     if let Some(task) = ingesting {
         task.await.context("the ingest task failed")?;
     }
