@@ -1,6 +1,6 @@
 # Shared by scripts/load-query and scripts/load-freshness (sourced, not run): build,
 # start a cluster of one worker process (THREADS timely threads) and a coordinator on
-# free loopback ports, notice when one of them dies, stop both on exit, machine facts,
+# loopback ports the kernel picks, notice when one of them dies, stop both on exit, machine facts,
 # medians, and replacing one section of docs/BENCHMARKS.md.
 #
 # The caller sets NAME (for log lines) before sourcing.
@@ -61,26 +61,33 @@ check_alive() {
     done
 }
 
-# Starts a fresh cluster; sets TARGET, WORKER_CMD, COORDINATOR_CMD.
-start_cluster() {
-    stop_cluster
-    local grpc timely public
-    read -r grpc timely public < <(free_ports 3)
-    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:$grpc --peers 127.0.0.1:$timely"
-    COORDINATOR_CMD="$COORDINATOR --workers 127.0.0.1:$grpc --listen 127.0.0.1:$public"
-    $WORKER_CMD >"$TMP/worker.log" 2>&1 &
-    WORKER_PID=$!
-    # The coordinator starts once the worker listens: retrying connections to a loopback
-    # port in the ephemeral range that nobody listens on yet can connect a socket to
-    # itself (TCP simultaneous open), which then holds the port the worker wants.
-    local waited=0
-    until grep -qs "^listening on" "$TMP/worker.log"; do
+# Waits until the log $2 of process $1 (worker or coordinator) says where it listens;
+# prints the port.
+listening_port() {
+    local waited=0 line
+    until line=$(grep -s -m 1 "^listening on " "$2"); do
         check_alive "while starting"
-        ((waited++ < 600)) || die "the worker did not listen within 60 s"
+        ((waited++ < 600)) || die "the $1 did not listen within 60 s"
         sleep 0.1
     done
+    echo "${line##*:}"
+}
+
+# Starts a fresh cluster; sets TARGET, WORKER_CMD, COORDINATOR_CMD. Both processes bind
+# port 0 and say which port they got, so no port is picked here and then lost to another
+# socket before it is bound. (The timely address is not bound by a single process.)
+start_cluster() {
+    stop_cluster
+    local timely grpc public
+    timely=$(free_ports 1)
+    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely"
+    $WORKER_CMD >"$TMP/worker.log" 2>&1 &
+    WORKER_PID=$!
+    grpc=$(listening_port worker "$TMP/worker.log")
+    COORDINATOR_CMD="$COORDINATOR --workers 127.0.0.1:$grpc --listen 127.0.0.1:0"
     $COORDINATOR_CMD >"$TMP/coordinator.log" 2>&1 &
     COORDINATOR_PID=$!
+    public=$(listening_port coordinator "$TMP/coordinator.log")
     TARGET=http://127.0.0.1:$public
     if ! "$LOAD" wait --target "$TARGET" --timeout 60 >/dev/null 2>"$TMP/wait.log"; then
         check_alive "while starting"
