@@ -89,10 +89,13 @@ start_cluster() {
     COORDINATOR_PID=$!
     public=$(listening_port coordinator "$TMP/coordinator.log")
     TARGET=http://127.0.0.1:$public
-    if ! "$LOAD" wait --target "$TARGET" --timeout 60 >/dev/null 2>"$TMP/wait.log"; then
+    local status=0
+    "$LOAD" wait --target "$TARGET" --timeout 60 >/dev/null 2>"$TMP/wait.log" || status=$?
+    if ((status != 0)); then
         check_alive "while starting"
         cat "$TMP/wait.log" >&2
-        die "the coordinator at $TARGET did not list its views within 60 s"
+        grep -Ev '^ *([0-9]+: | at )' "$TMP/coordinator.log" | tail -n 5 >&2
+        die "the coordinator at $TARGET did not list its views (tidemark-load wait exited with status $status)"
     fi
     check_alive "while starting"
 }
