@@ -15,7 +15,7 @@ use tidemark_coordinator::config::{InternalSecret, ServeArgs};
 use tidemark_dataflows::time::format_timestamp;
 
 use crate::config::GeneratorFlags;
-use crate::serve::{self, shutdown_signal, WorkerArgs};
+use crate::serve::{self, shutdown_signal, ServedViewFlags, WorkerArgs};
 
 /// `tidemark up`.
 #[derive(Clone, Debug, Args)]
@@ -29,15 +29,9 @@ pub struct UpArgs {
     /// The generator's traffic.
     #[command(flatten)]
     pub generator: GeneratorFlags,
-    /// Retention horizon in hours.
-    #[arg(long, env = "TIDEMARK_RETENTION_HOURS", default_value_t = 168)]
-    pub retention_hours: u64,
-    /// Ingestion tick in milliseconds.
-    #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
-    pub tick_ms: u64,
-    /// How far behind the frontier (ms) queries and subscriptions may start.
-    #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
-    pub history_ms: u64,
+    /// Retention, tick and readable history.
+    #[command(flatten)]
+    pub views: ServedViewFlags,
     /// The public server.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -58,9 +52,7 @@ impl UpArgs {
             peers: Vec::new(),
             hostfile: None,
             listen: internal,
-            retention_hours: self.retention_hours,
-            tick_ms: self.tick_ms,
-            history_ms: self.history_ms,
+            views: self.views.clone(),
             generate: !self.no_generate,
             generator: self.generator.clone(),
             metrics_listen: None,

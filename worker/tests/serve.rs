@@ -170,6 +170,17 @@ async fn read_batches(stream: &mut tonic::Streaming<tidemark_proto::v1::Subscrib
     }
 }
 
+/// Reads a subscription to its end, which must be an error status.
+async fn ending_status(stream: &mut tonic::Streaming<tidemark_proto::v1::SubscribeResponse>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
 /// The state a subscription's batches give at time `at` (every update at times <= at).
 fn replay(batches: &[SubscribeBatch], at: Time) -> BTreeMap<Vec<u8>, i64> {
     let mut seen = BTreeMap::new();
@@ -304,13 +315,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
         // Shutdown ends the open subscription with a clear status.
         drop(acks);
         let _ = coordinator.stop.send(());
-        let ended = loop {
-            match kpis.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the subscription ended without a status"),
-                Err(status) => break status,
-            }
-        };
+        let ended = ending_status(&mut kpis).await;
         assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended}");
         coordinator.server.await.expect("the server task ends").expect("the server stops cleanly");
     });
@@ -340,16 +345,7 @@ fn bad_requests_get_clear_statuses_and_the_servers_keep_serving() {
         assert_eq!(err.code(), tonic::Code::OutOfRange);
         let err = client.subscribe(SubscribeRequest { view: "kpis".into(), filters: vec![Filter { column: "x".into(), ..Default::default() }], ..Default::default() }).await;
         let err = match err {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(_)) => continue,
-                        Ok(None) => panic!("the stream ended without a status"),
-                        Err(status) => break status,
-                    }
-                }
-            }
+            Ok(stream) => ending_status(&mut stream.into_inner()).await,
             Err(status) => status,
         };
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
@@ -375,13 +371,7 @@ fn bad_requests_get_clear_statuses_and_the_servers_keep_serving() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let ended = loop {
-            match stalled.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without a status"),
-                Err(status) => break status,
-            }
-        };
+        let ended = ending_status(&mut stalled).await;
         assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended}");
 
         // Still serving: the sessions at the last acknowledged time include the big events' users.

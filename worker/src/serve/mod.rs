@@ -34,6 +34,7 @@ use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
 use crate::config::{check_view_flags, view_config, ClusterFlags, GeneratorFlags};
+use tidemark_dataflows::views::ViewConfig;
 use crate::source::now_ms;
 use self::thread::ThreadContext;
 
@@ -41,6 +42,27 @@ use self::thread::ThreadContext;
 const THREAD_COMMANDS: usize = 1024;
 /// Replies buffered from all threads to the server.
 const THREAD_REPLIES: usize = 4096;
+
+/// The view settings of a serving process (`tidemark worker` and `tidemark up`).
+#[derive(Clone, Debug, Args)]
+pub struct ServedViewFlags {
+    /// Retention horizon in hours.
+    #[arg(long, env = "TIDEMARK_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+    /// Ingestion tick in milliseconds.
+    #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// How far behind the frontier (ms) queries and subscriptions may start.
+    #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
+    pub history_ms: u64,
+}
+
+impl ServedViewFlags {
+    /// The dataflows' settings.
+    pub fn view_config(&self) -> ViewConfig {
+        view_config(self.tick_ms, self.retention_hours)
+    }
+}
 
 /// `tidemark worker`: one process of a serving cluster.
 #[derive(Clone, Debug, Args)]
@@ -64,15 +86,9 @@ pub struct WorkerArgs {
     /// Address of the internal gRPC server the coordinator connects to.
     #[arg(long, env = "TIDEMARK_LISTEN", default_value = "127.0.0.1:6880")]
     pub listen: SocketAddr,
-    /// Retention horizon in hours.
-    #[arg(long, env = "TIDEMARK_RETENTION_HOURS", default_value_t = 168)]
-    pub retention_hours: u64,
-    /// Ingestion tick in milliseconds.
-    #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
-    pub tick_ms: u64,
-    /// How far behind the frontier (ms) queries and subscriptions may start.
-    #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
-    pub history_ms: u64,
+    /// Retention, tick and readable history.
+    #[command(flatten)]
+    pub views: ServedViewFlags,
     /// Feed the views from the built-in generator too (live, paced to the wall clock;
     /// every process of the cluster must be given the same generator flags).
     #[arg(long, env = "TIDEMARK_GENERATE")]
@@ -103,7 +119,7 @@ impl WorkerArgs {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         self.cluster().check(&mut problems);
-        check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
+        check_view_flags(self.views.tick_ms, self.views.retention_hours, &mut problems);
         if self.generate {
             self.generator.check(&mut problems);
         }
@@ -123,9 +139,9 @@ impl WorkerArgs {
             self.processes,
             self.workers,
             self.listen,
-            self.retention_hours,
-            self.tick_ms,
-            self.history_ms
+            self.views.retention_hours,
+            self.views.tick_ms,
+            self.views.history_ms
         )
     }
 }
@@ -137,9 +153,6 @@ pub fn ordinal(hostname: &str) -> Option<usize> {
 
 /// Runs the process until SIGTERM or Ctrl-C.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    if let Err(problems) = args.validate() {
-        anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
-    }
     eprintln!("{}", args.describe());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("binding {}", args.listen))?;
@@ -166,11 +179,12 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(THREAD_REPLIES);
     let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| sync_channel(THREAD_COMMANDS)).unzip();
     let command_rxs: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(command_rxs.into_iter().map(Some).collect()));
-    let generator = args.generate.then(|| args.generator.config(args.retention_hours, now_ms() as i64));
+    let generator = args.generate.then(|| args.generator.config(args.views.retention_hours, now_ms() as i64));
 
+    let config = args.views.view_config();
+    let decode = config.decode.clone();
     let cluster = {
-        let (stop, ingested, config, threads, history_ms) =
-            (stop.clone(), ingested.clone(), view_config(args.tick_ms, args.retention_hours), args.workers, args.history_ms);
+        let (stop, ingested, threads, history_ms) = (stop.clone(), ingested.clone(), args.workers, args.views.history_ms);
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             timely::execute(timely_config, move |worker| {
@@ -194,7 +208,6 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     };
 
     let shape = Shape { process: args.process_index(), processes: args.processes, threads: args.workers };
-    let decode = view_config(args.tick_ms, args.retention_hours).decode;
     let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, ingested, reply_rx);
     let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener.map(|listener| {
