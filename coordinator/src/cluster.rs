@@ -100,6 +100,8 @@ pub struct Cluster {
     commands: Vec<mpsc::Sender<wire::Command>>,
     state: Mutex<State>,
     frontier: watch::Sender<u64>,
+    /// How many processes have said hello (described their views).
+    greeted: watch::Sender<usize>,
     next_id: AtomicU64,
     dropped: Counter,
 }
@@ -113,6 +115,7 @@ impl Cluster {
         anyhow::ensure!(!addresses.is_empty(), "no worker addresses given");
         let n = addresses.len();
         let (frontier, _) = watch::channel(0);
+        let (greeted, _) = watch::channel(0);
         let mut streams = Vec::new();
         let mut commands = Vec::new();
         for address in &addresses {
@@ -140,7 +143,7 @@ impl Cluster {
             commands.push(tx);
         }
         let state = State { frontiers: Some(FrontierMerge::new(n)), sinces: vec![0; n], connected: vec![true; n], ..State::default() };
-        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, next_id: AtomicU64::new(1), dropped: Counter::default() });
+        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, greeted, next_id: AtomicU64::new(1), dropped: Counter::default() });
         for (process, mut stream) in streams.into_iter().enumerate() {
             let cluster = cluster.clone();
             tokio::spawn(async move {
@@ -156,6 +159,13 @@ impl Cluster {
                 }
                 cluster.lost(process);
             });
+        }
+        // Serve only once every process has described its views.
+        let mut greeted = cluster.greeted.subscribe();
+        match tokio::time::timeout(timeout, greeted.wait_for(|g| *g == n)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => anyhow::bail!("the cluster went away before every worker process said hello"),
+            Err(_) => anyhow::bail!("not every worker process said hello within {timeout:?}"),
         }
         Ok(cluster)
     }
@@ -190,6 +200,7 @@ impl Cluster {
                     state.views = hello.views;
                 }
                 state.shape = (hello.processes as usize, hello.threads_per_process as usize);
+                self.greeted.send_modify(|g| *g += 1);
             }
             Resp::Frontier(f) => {
                 let merge = state.frontiers.as_mut().expect("set at start");
