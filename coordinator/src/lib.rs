@@ -18,7 +18,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidemark_proto::v1::tidemark_server::TidemarkServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::cluster::Cluster;
@@ -80,7 +79,7 @@ pub async fn run(
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(InterceptedService::new(api, options.tokens))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tidemark_proto::incoming(listener), async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stopped_api.wait_for(|s| *s) => {}

@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Acknowledgements buffered per Ingest stream.
 const INGEST_ACKS: usize = 16;
+/// Ingest requests of one stream at the workers at once.
+const INGEST_PIPELINE: usize = 8;
 
 /// The public API.
 pub struct TidemarkService {
@@ -163,22 +165,29 @@ impl Tidemark for TidemarkService {
     type IngestStream = Boxed<IngestResponse>;
 
     async fn ingest(&self, request: Request<Streaming<IngestRequest>>) -> Result<Response<Self::IngestStream>, Status> {
-        let mut requests = request.into_inner();
+        let requests = request.into_inner();
         let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
         let (tx, rx) = mpsc::channel(INGEST_ACKS);
+        // Up to INGEST_PIPELINE requests are at the workers at once; acknowledgements go
+        // back in request order.
+        let mut acks = futures::StreamExt::buffered(
+            requests.map(move |request| {
+                let cluster = cluster.clone();
+                async move {
+                    match cluster.ingest(request?.events).await? {
+                        ack if ack.time == 0 => Err(Status::unavailable("the worker process is busy; retry")),
+                        ack => Ok(ack),
+                    }
+                }
+            }),
+            INGEST_PIPELINE,
+        );
         tokio::spawn(async move {
-            while let Some(request) = requests.next().await {
-                let response = match request {
-                    Ok(r) => match cluster.ingest(r.events).await {
-                        Ok(ack) if ack.time == 0 => Err(Status::unavailable("the worker process is busy; retry")),
-                        Ok(ack) => {
-                            metrics.ingested(u64::from(ack.accepted), ack.rejects.len() as u64);
-                            Ok(IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time })
-                        }
-                        Err(status) => Err(status),
-                    },
-                    Err(status) => Err(status),
-                };
+            while let Some(ack) = acks.next().await {
+                let response = ack.map(|ack| {
+                    metrics.ingested(u64::from(ack.accepted), ack.rejects.len() as u64);
+                    IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time }
+                });
                 let failed = response.is_err();
                 metrics.observe("Ingest", code(&response), None);
                 if tx.send(response).await.is_err() || failed {

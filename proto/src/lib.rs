@@ -40,3 +40,9 @@ pub mod auth;
 pub mod merge;
 pub mod routing;
 pub mod value;
+
+/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off:
+/// requests and responses are small, and waiting to coalesce them costs milliseconds.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

@@ -70,6 +70,9 @@ listening_port() {
         ((waited++ < 600)) || die "the $1 did not listen within 60 s"
         sleep 0.1
     done
+    # "listening on HOST:PORT" with perhaps more after it (the coordinator adds its metrics port).
+    line=${line#listening on }
+    line=${line%% *}
     echo "${line##*:}"
 }
 
@@ -84,7 +87,7 @@ start_cluster() {
     $WORKER_CMD >"$TMP/worker.log" 2>&1 &
     WORKER_PID=$!
     grpc=$(listening_port worker "$TMP/worker.log")
-    COORDINATOR_CMD="$COORDINATOR --workers 127.0.0.1:$grpc --listen 127.0.0.1:0"
+    COORDINATOR_CMD="$COORDINATOR --workers 127.0.0.1:$grpc --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0"
     $COORDINATOR_CMD >"$TMP/coordinator.log" 2>&1 &
     COORDINATOR_PID=$!
     public=$(listening_port coordinator "$TMP/coordinator.log")

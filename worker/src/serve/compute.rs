@@ -9,6 +9,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::Cursor;
@@ -71,6 +73,47 @@ pub enum ThreadCommand {
         /// The events.
         events: Vec<Vec<u8>>,
     },
+}
+
+/// The sending side of a worker thread's commands. A worker thread parks between
+/// ticks when it has nothing to do; sending wakes it, so a command waits for the
+/// thread's current step at most, not for its next tick.
+#[derive(Clone)]
+pub struct Inbox {
+    commands: SyncSender<ThreadCommand>,
+    thread: Arc<OnceLock<std::thread::Thread>>,
+}
+
+/// The receiving side, held by the worker thread.
+pub struct Mailbox {
+    /// The commands.
+    pub commands: Receiver<ThreadCommand>,
+    thread: Arc<OnceLock<std::thread::Thread>>,
+}
+
+/// A bounded command channel to one worker thread.
+pub fn inbox(capacity: usize) -> (Inbox, Mailbox) {
+    let (commands, receiver) = sync_channel(capacity);
+    let thread = Arc::new(OnceLock::new());
+    (Inbox { commands, thread: thread.clone() }, Mailbox { commands: receiver, thread })
+}
+
+impl Inbox {
+    /// Queues `command` and wakes the thread; fails if the queue is full or the thread gone.
+    pub fn send(&self, command: ThreadCommand) -> Result<(), TrySendError<ThreadCommand>> {
+        self.commands.try_send(command)?;
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+        Ok(())
+    }
+}
+
+impl Mailbox {
+    /// Records the calling thread as the one to wake; call it on the worker thread.
+    pub fn register(&self) {
+        let _ = self.thread.set(std::thread::current());
+    }
 }
 
 /// What a thread answers.
@@ -138,7 +181,8 @@ pub trait ServedView {
     fn drain(&mut self, out: &mut Vec<Update>);
     /// Turns collecting new batches for subscriptions on or off.
     fn set_tapping(&mut self, on: bool);
-    /// Allows compaction of times below `since`.
+    /// Allows compaction of times below `since` and merging of every batch the shard has;
+    /// call it on every turn (it does nothing when neither moved).
     fn compact(&mut self, since: Time);
     /// Updates held in this shard's arrangement.
     fn arranged_updates(&mut self) -> usize;
@@ -156,6 +200,8 @@ pub struct Served<K: differential_dataflow::ExchangeData, V: differential_datafl
     tapping: Rc<Cell<bool>>,
     to_row: fn(&K, &V) -> Row,
     seek: fn(&[Value]) -> Option<K>,
+    /// The logical and physical compaction last set.
+    compacted: (Time, Time),
 }
 
 impl<K, V> Served<K, V>
@@ -180,7 +226,7 @@ where
                 }
             })
             .probe_with(&probe);
-        Served { trace: arranged.trace, probe, tap, tapping, to_row, seek }
+        Served { trace: arranged.trace, probe, tap, tapping, to_row, seek, compacted: (0, 0) }
     }
 }
 
@@ -271,9 +317,19 @@ where
     }
 
     fn compact(&mut self, since: Time) {
-        let frontier = [since];
-        self.trace.set_logical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
-        self.trace.set_physical_compaction(timely::progress::frontier::AntichainRef::new(&frontier));
+        use timely::progress::frontier::AntichainRef;
+        // Logical compaction keeps every time from `since` on readable. Physical compaction
+        // follows the trace's upper: reads never need batch boundaries inside the history,
+        // and the spine only merges a batch once the physical frontier has passed it, so a
+        // physical frontier held back at `since` would leave every batch of the history
+        // (one per tick) unmerged, and every peek would seek in each.
+        let physical = self.trace_upper();
+        if (since, physical) == self.compacted {
+            return;
+        }
+        self.compacted = (since, physical);
+        self.trace.set_logical_compaction(AntichainRef::new(&[since]));
+        self.trace.set_physical_compaction(AntichainRef::new(&[physical]));
     }
 
     fn arranged_updates(&mut self) -> usize {

@@ -23,7 +23,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -177,7 +176,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         None => None,
     };
     let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(THREAD_REPLIES);
-    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| sync_channel(THREAD_COMMANDS)).unzip();
+    let (command_txs, command_rxs): (Vec<_>, Vec<_>) = (0..args.workers).map(|_| compute::inbox(THREAD_COMMANDS)).unzip();
     let command_rxs: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(command_rxs.into_iter().map(Some).collect()));
     let generator = args.generate.then(|| args.generator.config(args.views.retention_hours, now_ms() as i64));
 
@@ -218,7 +217,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     });
     let served = tonic::transport::Server::builder()
         .add_service(WorkerServer::with_interceptor(service.clone(), check))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tidemark_proto::incoming(listener), async move {
             shutdown.await;
             service.end_session();
         })

@@ -8,7 +8,6 @@
 //! growing its memory. The coordinator reads continuously and drops slow clients itself.
 
 use std::collections::HashMap;
-use std::sync::mpsc::SyncSender;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::compute::{ThreadCommand, ThreadReply};
+use super::compute::{Inbox, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema::Schema;
 use crate::source::now_ms;
@@ -98,7 +97,7 @@ impl ProcessMetrics {
 pub struct WorkerService {
     shape: Shape,
     schemas: Arc<Vec<Schema>>,
-    threads: Arc<Vec<SyncSender<ThreadCommand>>>,
+    threads: Arc<Vec<Inbox>>,
     decode: Arc<DecodeConfig>,
     state: Arc<Mutex<State>>,
     next_thread: Arc<std::sync::atomic::AtomicUsize>,
@@ -120,7 +119,7 @@ impl WorkerService {
     pub fn new(
         shape: Shape,
         schemas: Vec<Schema>,
-        threads: Vec<SyncSender<ThreadCommand>>,
+        threads: Vec<Inbox>,
         decode: DecodeConfig,
         ingested: Counter,
         mut replies: mpsc::Receiver<ThreadReply>,
@@ -183,7 +182,7 @@ impl WorkerService {
 
     fn to_threads(&self, threads: &[usize], command: impl Fn() -> ThreadCommand) -> Result<(), String> {
         for &t in threads {
-            self.threads[t].try_send(command()).map_err(|e| format!("worker thread {t} is busy or gone: {e}"))?;
+            self.threads[t].send(command()).map_err(|e| format!("worker thread {t} is busy or gone: {e}"))?;
         }
         Ok(())
     }
@@ -390,7 +389,7 @@ impl WorkerService {
         self.lock().ingests.insert(id, (accepted, rejects));
         let thread = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.shape.threads;
         let events = ingest.events;
-        if let Err(e) = self.threads[thread].try_send(ThreadCommand::Ingest { id, events }) {
+        if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id, events }) {
             self.lock().ingests.remove(&id);
             tracing::warn!("ingest {id} refused: {e}");
             return vec![Resp::Ingest(wire::IngestAck { id, accepted: 0, rejects: Vec::new(), time: 0 })];

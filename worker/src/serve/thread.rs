@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use tidemark_proto::v1::value::Kind;
 use tidemark_proto::v1::{SubscribeBatch, Update, Value};
 use tokio::sync::mpsc::Sender;
 
-use super::compute::{Served, ServedView, ThreadCommand, ThreadReply};
+use super::compute::{Mailbox, Served, ServedView, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema;
 use crate::source::{now_ms, GeneratorSource, Source};
@@ -35,7 +34,7 @@ pub struct ThreadContext {
     /// Worker threads per process.
     pub threads: usize,
     /// Commands for this thread.
-    pub commands: Receiver<ThreadCommand>,
+    pub commands: Mailbox,
     /// Answers to the process's server.
     pub replies: Sender<ThreadReply>,
     /// Set when the process shuts down.
@@ -52,6 +51,21 @@ struct Peek {
     seek: Vec<Value>,
     filter: RowFilter,
     as_of: Time,
+}
+
+impl Peek {
+    /// The answer, once the view's shard has passed `as_of` (or it is compacted away).
+    fn answer(&self, views: &mut [Box<dyn ServedView>], since: Time) -> Option<ThreadReply> {
+        if self.as_of < since {
+            return Some(ThreadReply::Peek { id: self.id, result: Err(format!("as_of {} is below the compaction frontier {since}", self.as_of)) });
+        }
+        let view = &mut views[self.view];
+        if view.upper() <= self.as_of {
+            return None;
+        }
+        let (rows, _) = view.read(self.as_of, None, &self.seek, &self.filter);
+        Some(ThreadReply::Peek { id: self.id, result: Ok(rows) })
+    }
 }
 
 struct Subscription {
@@ -75,6 +89,7 @@ fn seek_user(values: &[Value]) -> Option<u64> {
 /// Runs one serving thread until the process stops.
 pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
     let local = worker.index() % ctx.threads;
+    ctx.commands.register();
     let tick = ctx.config.tick_ms.max(1);
     let (mut input, mut views) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
@@ -114,9 +129,16 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
                 input.insert(record);
             }
         }
-        while let Ok(command) = ctx.commands.try_recv() {
+        while let Ok(command) = ctx.commands.commands.try_recv() {
             match command {
-                ThreadCommand::Peek { id, view, seek, filter, as_of } => peeks.push(Peek { id, view, seek, filter, as_of }),
+                ThreadCommand::Peek { id, view, seek, filter, as_of } => {
+                    // Usually answerable at once: the coordinator reads at a complete time.
+                    let peek = Peek { id, view, seek, filter, as_of };
+                    match peek.answer(&mut views, since) {
+                        Some(answer) => reply(answer),
+                        None => peeks.push(peek),
+                    }
+                }
                 ThreadCommand::Subscribe { id, view, filter, as_of, snapshot } => {
                     subscriptions.insert(id, Subscription { view, filter, as_of, snapshot, live: None });
                 }
@@ -145,20 +167,16 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
                 }
             }
         }
-        worker.step_or_park(Some(Duration::from_millis(tick)));
+        // Park until the next tick at most; a command wakes the thread earlier.
+        worker.step_or_park(Some(Duration::from_millis((now + tick).saturating_sub(now_ms()).max(1))));
 
-        // Peeks whose time every view shard here has passed.
-        peeks.retain(|p| {
-            if p.as_of < since {
-                reply(ThreadReply::Peek { id: p.id, result: Err(format!("as_of {} is below the compaction frontier {since}", p.as_of)) });
-                return false;
+        // Peeks whose time every view shard here has now passed.
+        peeks.retain(|p| match p.answer(&mut views, since) {
+            Some(answer) => {
+                reply(answer);
+                false
             }
-            if views[p.view].upper() <= p.as_of {
-                return true;
-            }
-            let (rows, _) = views[p.view].read(p.as_of, None, &p.seek, &p.filter);
-            reply(ThreadReply::Peek { id: p.id, result: Ok(rows) });
-            false
+            None => true,
         });
 
         // Subscriptions: new changes first, then start the ones whose time has come.
@@ -215,11 +233,9 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
         let upper = uppers.iter().copied().min().unwrap_or(Time::MAX);
         let held = peeks.iter().map(|p| p.as_of).chain(subscriptions.values().filter(|s| s.live.is_none()).map(|s| s.as_of)).min();
         let target = upper.saturating_sub(ctx.history_ms).min(held.unwrap_or(Time::MAX));
-        if target > since {
-            since = target;
-            for view in views.iter_mut() {
-                view.compact(since);
-            }
+        since = since.max(target);
+        for view in views.iter_mut() {
+            view.compact(since);
         }
         if (upper, since) != reported {
             reported = (upper, since);
