@@ -100,8 +100,11 @@ pub fn inbox(capacity: usize) -> (Inbox, Mailbox) {
 
 impl Inbox {
     /// Queues `command` and wakes the thread; fails if the queue is full or the thread gone.
-    pub fn send(&self, command: ThreadCommand) -> Result<(), TrySendError<ThreadCommand>> {
-        self.commands.try_send(command)?;
+    pub fn send(&self, command: ThreadCommand) -> Result<(), &'static str> {
+        self.commands.try_send(command).map_err(|e| match e {
+            TrySendError::Full(_) => "its command queue is full",
+            TrySendError::Disconnected(_) => "it has stopped",
+        })?;
         if let Some(thread) = self.thread.get() {
             thread.unpark();
         }

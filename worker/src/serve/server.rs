@@ -182,7 +182,7 @@ impl WorkerService {
 
     fn to_threads(&self, threads: &[usize], command: impl Fn() -> ThreadCommand) -> Result<(), String> {
         for &t in threads {
-            self.threads[t].send(command()).map_err(|e| format!("worker thread {t} is busy or gone: {e}"))?;
+            self.threads[t].send(command()).map_err(|e| format!("worker thread {t} cannot take commands: {e}"))?;
         }
         Ok(())
     }
