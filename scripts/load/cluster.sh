@@ -83,7 +83,10 @@ start_cluster() {
     stop_cluster
     local timely grpc public
     timely=$(free_ports 1)
-    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely"
+    # A log left by the previous run could be read before the new process truncates it
+    # (the redirection happens in the background child).
+    rm -f "$TMP/worker.log" "$TMP/coordinator.log"
+    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely${WORKER_FLAGS:+ $WORKER_FLAGS}"
     $WORKER_CMD >"$TMP/worker.log" 2>&1 &
     WORKER_PID=$!
     grpc=$(listening_port worker "$TMP/worker.log")
