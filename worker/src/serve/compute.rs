@@ -86,8 +86,7 @@ pub struct Inbox {
 
 /// The receiving side, held by the worker thread.
 pub struct Mailbox {
-    /// The commands.
-    pub commands: Receiver<ThreadCommand>,
+    commands: Receiver<ThreadCommand>,
     thread: Arc<OnceLock<std::thread::Thread>>,
 }
 
@@ -116,6 +115,11 @@ impl Mailbox {
     /// Records the calling thread as the one to wake; call it on the worker thread.
     pub fn register(&self) {
         let _ = self.thread.set(std::thread::current());
+    }
+
+    /// The next queued command, if any.
+    pub fn try_recv(&self) -> Option<ThreadCommand> {
+        self.commands.try_recv().ok()
     }
 }
 

@@ -129,7 +129,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
                 input.insert(record);
             }
         }
-        while let Ok(command) = ctx.commands.commands.try_recv() {
+        while let Some(command) = ctx.commands.try_recv() {
             match command {
                 ThreadCommand::Peek { id, view, seek, filter, as_of } => {
                     // Usually answerable at once: the coordinator reads at a complete time.
