@@ -17,8 +17,24 @@ use tidemark_dataflows::time::format_timestamp;
 use crate::config::GeneratorFlags;
 use crate::serve::{self, shutdown_signal, ServedViewFlags, WorkerArgs};
 
+/// `tidemark up`'s generated events/s.
+const UP_RATE: &str = "500";
+/// Its user population (about 700 per event/s, as for `tidemark worker`).
+const UP_USERS: &str = "350000";
+/// Its retention horizon (hours).
+const UP_RETENTION_HOURS: &str = "1";
+
 /// `tidemark up`.
+///
+/// Its defaults differ from `tidemark worker`'s so that it runs for as long as it is left
+/// running: every event is held until it leaves the retention horizon, about 2 GB per
+/// million events, so the generator's rate and the retention bound its memory.
 #[derive(Clone, Debug, Args)]
+#[command(
+    mut_arg("rate", |a| a.default_value(UP_RATE)),
+    mut_arg("users", |a| a.default_value(UP_USERS)),
+    mut_arg("retention_hours", |a| a.default_value(UP_RETENTION_HOURS))
+)]
 pub struct UpArgs {
     /// Worker threads.
     #[arg(long, short = 'w', env = "TIDEMARK_WORKERS", default_value_t = 2)]
