@@ -50,12 +50,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cluster.clone()));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener.map(|listener| {
-        let (render, mut stopped) = (metrics.clone(), stopped.clone());
-        tokio::spawn(metrics::serve(listener, Arc::new(move || render.render()), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }))
+        let render = metrics.clone();
+        metrics::spawn(listener, move || render.render())
     });
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -73,23 +70,18 @@ pub async fn run(
     if let Some(identity) = options.tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
-    let mut stopped_api = stopped;
     let served = builder
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(InterceptedService::new(api, options.tokens))
         .serve_with_incoming_shutdown(tidemark_proto::incoming(listener), async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stopped_api.wait_for(|s| *s) => {}
-            }
+            shutdown.await;
             cluster.end_subscriptions(tonic::Status::unavailable("the coordinator is shutting down"));
         })
         .await;
-    let _ = stop.send(true);
     if let Some(server) = metrics_server {
-        server.await??;
+        server.stop().await?;
     }
     served?;
     Ok(())

@@ -2,7 +2,6 @@
 //! registry at `/metrics` in the OpenMetrics text format (the worker process serves its
 //! own registry with the same server).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,8 +87,15 @@ impl Metrics {
     }
 }
 
-/// Serves `render()` at `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// A metrics endpoint running on its own task.
+pub struct MetricsServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `render()` at `GET /metrics` on `listener` until [`MetricsServer::stop`].
+pub fn spawn(listener: TcpListener, render: impl Fn() -> String + Send + Sync + 'static) -> MetricsServer {
+    let render = Arc::new(render);
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -97,5 +103,22 @@ pub async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send 
             async move { ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], render()) }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    MetricsServer { stop, task }
+}
+
+impl MetricsServer {
+    /// Stops serving (gracefully) and waits until the server has ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
 }

@@ -208,12 +208,9 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
 
     let shape = Shape { process: args.process_index(), processes: args.processes, threads: args.workers };
     let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, ingested, reply_rx);
-    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
     let metrics_server = metrics_listener.map(|listener| {
-        let (service, mut stopped) = (service.clone(), stopped.clone());
-        tokio::spawn(tidemark_coordinator::metrics::serve(listener, Arc::new(move || service.render_metrics()), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }))
+        let service = service.clone();
+        tidemark_coordinator::metrics::spawn(listener, move || service.render_metrics())
     });
     let served = tonic::transport::Server::builder()
         .add_service(WorkerServer::with_interceptor(service.clone(), check))
@@ -223,9 +220,8 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         })
         .await;
     stop.store(true, Ordering::SeqCst);
-    let _ = stopped_tx.send(true);
     if let Some(server) = metrics_server {
-        server.await??;
+        server.stop().await?;
     }
     let joined = tokio::task::spawn_blocking(move || cluster.join()).await?;
     served?;
