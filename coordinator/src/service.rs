@@ -42,10 +42,7 @@ fn code<T>(result: &Result<T, Status>) -> tonic::Code {
 fn check_filters(view: &ViewInfo, filters: &[Filter]) -> Result<(), Status> {
     for f in filters {
         let column = view.columns.iter().find(|c| c.name == f.column).ok_or_else(|| Status::invalid_argument(format!("{} has no column {:?}", view.name, f.column)))?;
-        let t = ColumnType::try_from(column.r#type).unwrap_or(ColumnType::Unspecified);
-        if !tidemark_proto::value::fits(&f.value.clone().unwrap_or_default(), t) {
-            return Err(Status::invalid_argument(format!("filter value for column {:?} is not of its type {}", f.column, t.as_str_name())));
-        }
+        tidemark_proto::value::check_fits("filter value", column, &f.value.clone().unwrap_or_default()).map_err(Status::invalid_argument)?;
     }
     Ok(())
 }

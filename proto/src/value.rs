@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 
 use crate::v1::value::Kind;
-use crate::v1::{ColumnType, Value};
+use crate::v1::{Column, ColumnType, Value};
 
 /// Null.
 pub fn null() -> Value {
@@ -96,6 +96,17 @@ pub fn fits(v: &Value, t: ColumnType) -> bool {
             | (Some(Kind::TimestampMs(_)), ColumnType::TimestampMs)
             | (Some(Kind::Bytes(_)), ColumnType::Bytes)
     )
+}
+
+/// Refuses `v` as a value of `column` unless it fits the column's type; `what` names the
+/// value in the message ("filter value", "key value", ...).
+pub fn check_fits(what: &str, column: &Column, v: &Value) -> Result<(), String> {
+    let t = ColumnType::try_from(column.r#type).unwrap_or(ColumnType::Unspecified);
+    if fits(v, t) {
+        Ok(())
+    } else {
+        Err(format!("{what} for column {:?} is not of its type {}", column.name, t.as_str_name()))
+    }
 }
 
 /// A value as text, for people (null as `null`, bytes as lossy UTF-8).

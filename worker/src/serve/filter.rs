@@ -3,8 +3,8 @@
 use std::cmp::Ordering;
 
 use tidemark_proto::v1::filter::Op;
-use tidemark_proto::v1::{Column, ColumnType, Filter, QueryRequest, Row, Value};
-use tidemark_proto::value::{compare, compare_prefix, fits};
+use tidemark_proto::v1::{Filter, QueryRequest, Row, Value};
+use tidemark_proto::value::{check_fits, compare, compare_prefix};
 
 use super::schema::Schema;
 
@@ -28,13 +28,9 @@ impl RowFilter {
         if !key.is_empty() && (!lower.is_empty() || !upper.is_empty()) {
             return Err("give a key or a key range, not both".to_owned());
         }
-        let typed = |what: &str, column: &Column, v: &Value| {
-            let t = ColumnType::try_from(column.r#type).unwrap_or(ColumnType::Unspecified);
-            if fits(v, t) { Ok(()) } else { Err(format!("{what} for column {:?} is not of its type {}", column.name, t.as_str_name())) }
-        };
         for (what, values) in [("key value", key), ("range bound", lower), ("range bound", upper)] {
             for (v, column) in values.iter().zip(&schema.columns) {
-                typed(what, column, v)?;
+                check_fits(what, column, v)?;
             }
         }
         let mut columns = Vec::new();
@@ -42,7 +38,7 @@ impl RowFilter {
             let index = schema.column(&f.column).ok_or_else(|| format!("{} has no column {:?}", schema.name, f.column))?;
             let op = Op::try_from(f.op).ok().filter(|op| *op != Op::Unspecified).ok_or_else(|| format!("filter on {:?} has no operator", f.column))?;
             let value = f.value.clone().unwrap_or_default();
-            typed("filter value", &schema.columns[index], &value)?;
+            check_fits("filter value", &schema.columns[index], &value)?;
             columns.push((index, op, value));
         }
         Ok(RowFilter { key: key.to_vec(), lower: lower.to_vec(), upper: upper.to_vec(), columns })
