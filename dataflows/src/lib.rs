@@ -9,10 +9,12 @@
 //!    ingestion time into an [`event::Event`] or a [`decode::Reject`] with a reason.
 //! 2. [`views`] dedups by `event_id`, applies retractions, expires events that fall out of
 //!    the retention horizon, and maintains `sessions`, `funnel`, `kpis`, `rejects` and
-//!    `rejected_by_reason`.
+//!    `rejected_by_reason`; [`clv`] adds `customer_rfm`, `clv_model` (BG/NBD and
+//!    Gamma-Gamma fits) and `customer_clv`.
 //! 3. [`reference`] computes the same views from scratch, for oracle tests.
 #![forbid(missing_docs)]
 
+pub mod clv;
 pub mod decode;
 pub mod event;
 pub mod generator;

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::clv::{ClvConfig, ClvModel, ClvRow, CustomerSummary, ModelInput, RfmRow};
 use crate::decode::{decode, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType, Text};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
@@ -15,143 +16,295 @@ use crate::views::{ViewConfig, ViewRow};
 
 /// The contents of every view at time `t`, as a multiset of rows.
 ///
-/// `records` pairs each record with its ingestion time, in any order.
+/// `records` pairs each record with its ingestion time, in any order. Checking many times
+/// over the same records is faster with one [`Reference`].
 pub fn views_at(records: &[(RawRecord, Time)], t: Time, config: &ViewConfig) -> BTreeMap<ViewRow, i64> {
-    let mut rows = BTreeMap::new();
-    let mut add = |row: ViewRow| *rows.entry(row).or_insert(0) += 1;
+    Reference::new(records, config).views_at(t)
+}
 
-    // Decode, keeping what is live at `t`.
-    let mut arrivals: Vec<(Time, u64, Event)> = Vec::new();
-    let mut rejects: Vec<Reject> = Vec::new();
-    for (record, ingest) in records {
-        if *ingest > t {
+/// The records of a test, decoded once, for [`Reference::views_at`] at many times.
+pub struct Reference {
+    /// Accepted events with their ingestion time and position, sorted.
+    arrivals: Vec<(Time, u64, Event)>,
+    /// Rejected records.
+    rejects: Vec<Reject>,
+    config: ViewConfig,
+    /// `clv_model` after each time it changed, computed on first use.
+    models: std::sync::OnceLock<Vec<(Time, Option<ClvModel>)>>,
+}
+
+impl Reference {
+    /// Decodes the records.
+    pub fn new(records: &[(RawRecord, Time)], config: &ViewConfig) -> Reference {
+        let mut arrivals = Vec::new();
+        let mut rejects = Vec::new();
+        for (record, ingest) in records {
+            match decode(record, *ingest, &config.decode) {
+                Ok(event) => arrivals.push((*ingest, record.position, event)),
+                Err(reject) => rejects.push(reject),
+            }
+        }
+        arrivals.sort();
+        Reference { arrivals, rejects, config: config.clone(), models: std::sync::OnceLock::new() }
+    }
+
+    /// The valid events at `t` (live, first delivery of their id, not cancelled, not a
+    /// retraction), and the rejects live at `t` (duplicates included).
+    fn valid_at(&self, t: Time) -> (Vec<&Event>, Vec<Reject>) {
+        let config = &self.config;
+        let arrivals: Vec<&(Time, u64, Event)> =
+            self.arrivals.iter().filter(|(ingest, _, e)| *ingest <= t && t < config.expiry(e.event_ts)).collect();
+        let mut rejects: Vec<Reject> =
+            self.rejects.iter().filter(|r| r.ingest_time <= t && t < config.reject_expiry(r.ingest_time)).cloned().collect();
+        let cancelled: BTreeSet<&str> = arrivals.iter().filter_map(|(_, _, e)| e.retracts.as_deref()).collect();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut valid: Vec<&Event> = Vec::new();
+        for (ingest, position, event) in arrivals {
+            if seen.insert(&event.event_id) {
+                if !cancelled.contains(&*event.event_id) && event.event_type != EventType::Retraction {
+                    valid.push(event);
+                }
+            } else {
+                rejects.push(Reject {
+                    reason: RejectReason::Duplicate,
+                    detail: format!("event_id {:?} was already delivered", event.event_id),
+                    ingest_time: *ingest,
+                    format: Format::Json,
+                    position: *position,
+                    raw: event.to_json().into_bytes(),
+                });
+            }
+        }
+        (valid, rejects)
+    }
+
+    /// The contents of every view at time `t`.
+    pub fn views_at(&self, t: Time) -> BTreeMap<ViewRow, i64> {
+        let mut rows = BTreeMap::new();
+        let mut add = |row: ViewRow| *rows.entry(row).or_insert(0) += 1;
+        let (valid, rejects) = self.valid_at(t);
+
+        let rfm = rfm_rows(&valid, &self.config.clv);
+        let model = self.model_at(t);
+        for row in &rfm {
+            if let Some(model) = &model {
+                add(ViewRow::CustomerClv(ClvRow::new(row, model, &self.config.clv)));
+            }
+        }
+        if let Some(model) = model {
+            add(ViewRow::ClvModel(model));
+        }
+        for row in rfm {
+            add(ViewRow::CustomerRfm(row));
+        }
+
+        let mut reason_counts: BTreeMap<RejectReason, i64> = BTreeMap::new();
+        for r in rejects {
+            *reason_counts.entry(r.reason).or_insert(0) += 1;
+            add(ViewRow::Rejects(r));
+        }
+        for (reason, count) in reason_counts {
+            add(ViewRow::RejectedByReason { reason, count });
+        }
+
+        let sessions = sessions(&valid);
+        let mut funnel: BTreeMap<FunnelKey, (FunnelAgg, BTreeSet<&str>)> = BTreeMap::new();
+        for s in &sessions {
+            for g in Granularity::ALL {
+                for d in Dimension::ALL {
+                    let value = match d {
+                        Dimension::All => Some(Text::from("all")),
+                        Dimension::Country => s.country.clone(),
+                        Dimension::Device => s.device.clone(),
+                        Dimension::UtmSource => s.utm_source.clone(),
+                        Dimension::Category => s.category.clone(),
+                    };
+                    let key = FunnelKey {
+                        granularity: g,
+                        window_start: s.start_ts - s.start_ts.rem_euclid(g.millis()),
+                        dimension: d,
+                        value: value.unwrap_or_else(|| Text::from("(none)")),
+                    };
+                    let (agg, users) = funnel.entry(key).or_default();
+                    agg.sessions += 1;
+                    agg.reached_view += i64::from(s.funnel_step >= 1);
+                    agg.reached_cart += i64::from(s.funnel_step >= 2);
+                    agg.reached_checkout += i64::from(s.funnel_step >= 3);
+                    agg.reached_purchase += i64::from(s.funnel_step >= 4);
+                    agg.purchasing_sessions += i64::from(s.purchases > 0);
+                    agg.orders += s.orders as i64;
+                    agg.revenue_cents += s.revenue_cents;
+                    users.insert(&s.user_id);
+                }
+            }
+        }
+
+        let mut kpis: BTreeMap<KpiKey, (KpiAgg, BTreeSet<&str>)> = BTreeMap::new();
+        for e in &valid {
+            for g in Granularity::ALL {
+                let key = KpiKey { granularity: g, window_start: e.event_ts - e.event_ts.rem_euclid(g.millis()) };
+                let (k, orders) = kpis.entry(key).or_default();
+                let amount = e.price_cents.unwrap_or(0) * i64::from(e.quantity);
+                k.events += 1;
+                match e.event_type {
+                    EventType::PageView => k.page_views += 1,
+                    EventType::ProductView => k.product_views += 1,
+                    EventType::AddToCart => k.cart_adds += 1,
+                    EventType::RemoveFromCart => k.cart_removes += 1,
+                    EventType::Checkout => k.checkouts += 1,
+                    EventType::Purchase => {
+                        k.purchases += 1;
+                        k.revenue_cents += amount;
+                        orders.insert(e.order_id.as_deref().unwrap_or(&e.event_id));
+                    }
+                    EventType::Refund => {
+                        k.refunds += 1;
+                        k.refund_cents += amount;
+                    }
+                    EventType::Payment => {
+                        k.payments += 1;
+                        k.payment_cents += amount;
+                    }
+                    EventType::Retraction => unreachable!("retractions never count as valid events"),
+                }
+            }
+        }
+        for (key, (mut agg, users)) in funnel {
+            agg.unique_users = users.len() as i64;
+            if key.dimension == Dimension::All {
+                let (k, _) = kpis.entry(KpiKey { granularity: key.granularity, window_start: key.window_start }).or_default();
+                k.sessions += agg.sessions;
+                k.purchasing_sessions += agg.purchasing_sessions;
+                k.unique_users += agg.unique_users;
+            }
+            add(ViewRow::Funnel { key, agg });
+        }
+        for (key, (mut agg, orders)) in kpis {
+            agg.orders = orders.len() as i64;
+            add(ViewRow::Kpis { key, agg });
+        }
+        for s in sessions {
+            add(ViewRow::Sessions(s));
+        }
+        rows
+    }
+}
+
+impl Reference {
+    /// `clv_model` at `t`: the refit policy replayed over every time at which the model
+    /// inputs may have changed (ingestion and expiry times), in order.
+    fn model_at(&self, t: Time) -> Option<ClvModel> {
+        let history = self.models.get_or_init(|| {
+            let mut times: Vec<Time> =
+                self.arrivals.iter().flat_map(|(ingest, _, e)| [*ingest, self.config.expiry(e.event_ts).max(*ingest)]).collect();
+            times.sort_unstable();
+            times.dedup();
+            let policy = self.config.clv.refit;
+            let mut history = Vec::new();
+            let mut before: BTreeMap<ModelInput, i64> = BTreeMap::new();
+            let (mut changed, mut last_fit, mut fits) = (0u64, None::<Time>, 0u64);
+            let mut current: Option<ClvModel> = None;
+            for time in times {
+                let (valid, _) = self.valid_at(time);
+                let mut inputs: BTreeMap<ModelInput, i64> = BTreeMap::new();
+                for row in rfm_rows(&valid, &self.config.clv) {
+                    for input in ModelInput::of(&row) {
+                        *inputs.entry(input).or_insert(0) += 1;
+                    }
+                }
+                let keys: BTreeSet<&ModelInput> = inputs.keys().chain(before.keys()).collect();
+                let delta: u64 = keys.iter().map(|k| (inputs.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0)).unsigned_abs()).sum();
+                if delta == 0 {
+                    continue;
+                }
+                changed += delta;
+                let customers: i64 = inputs.iter().filter(|(k, _)| matches!(k, ModelInput::Purchases(..))).map(|(_, n)| n).sum();
+                if customers == 0 {
+                    (changed, last_fit) = (0, None);
+                    if current.take().is_some() {
+                        history.push((time, None));
+                    }
+                } else if policy.due(time, last_fit, changed, customers as u64) {
+                    fits += 1;
+                    let model = ClvModel::fit(&inputs, fits, time);
+                    (changed, last_fit) = (0, Some(time));
+                    current = Some(model.clone());
+                    history.push((time, Some(model)));
+                }
+                before = inputs;
+            }
+            history
+        });
+        history.iter().take_while(|(time, _)| *time <= t).last().and_then(|(_, m)| m.clone())
+    }
+}
+
+/// `customer_rfm` rows of the valid events, written out plainly: orders net of refunds,
+/// dated by their first purchase line; fully refunded orders and (with a fixed evaluation
+/// day) later orders dropped; one transaction per customer and day; quintile cut points by
+/// sorting every customer's values.
+fn rfm_rows(valid: &[&Event], config: &ClvConfig) -> Vec<RfmRow> {
+    // (customer, order) -> (first purchase time, purchased, refunded)
+    let mut orders: BTreeMap<(&str, &str), (Option<i64>, i64, i64)> = BTreeMap::new();
+    for e in valid {
+        let order = e.order_id.as_deref().unwrap_or(&e.event_id);
+        let amount = e.price_cents.unwrap_or(0) * i64::from(e.quantity);
+        match e.event_type {
+            EventType::Purchase => {
+                let o = orders.entry((&e.user_id, order)).or_insert((None, 0, 0));
+                o.0 = Some(o.0.map_or(e.event_ts, |t: i64| t.min(e.event_ts)));
+                o.1 += amount;
+            }
+            EventType::Refund => orders.entry((&e.user_id, order)).or_insert((None, 0, 0)).2 += amount,
+            _ => {}
+        }
+    }
+    let mut days: BTreeMap<&str, BTreeMap<i64, i64>> = BTreeMap::new();
+    for ((user, _), (first, bought, refunded)) in orders {
+        let Some(first) = first else { continue };
+        let day = first.div_euclid(86_400_000);
+        let fully_refunded = refunded > 0 && refunded >= bought;
+        if fully_refunded || config.evaluation_day.is_some_and(|e| day > e) {
             continue;
         }
-        match decode(record, *ingest, &config.decode) {
-            Ok(event) => {
-                if t < config.expiry(event.event_ts) {
-                    arrivals.push((*ingest, record.position, event));
-                }
+        *days.entry(user).or_default().entry(day).or_insert(0) += bought - refunded;
+    }
+    let summaries: Vec<CustomerSummary> = days
+        .into_iter()
+        .map(|(user, by_day)| {
+            let spend: Vec<i64> = by_day.values().copied().collect();
+            CustomerSummary {
+                user_id: Text::from(user),
+                first_day: *by_day.keys().next().expect("customers have a day"),
+                last_day: *by_day.keys().last().expect("customers have a day"),
+                days: by_day.len() as u32,
+                first_cents: spend[0],
+                repeat_cents: spend[1..].iter().sum(),
             }
-            Err(reject) => {
-                if t < config.reject_expiry(*ingest) {
-                    rejects.push(reject);
-                }
-            }
+        })
+        .collect();
+    let Some(latest) = summaries.iter().map(|s| s.last_day).max() else { return Vec::new() };
+    let evaluation_day = config.evaluation_day.unwrap_or(latest);
+    let measures = |s: &CustomerSummary| [s.last_day, i64::from(s.days), (s.first_cents + s.repeat_cents).div_euclid(100 * i64::from(s.days))];
+    // The k-th cut point of a measure: the value of the customer at (1-based) rank
+    // ceil(k n / 5) in ascending order.
+    let mut cuts = [[0i64; 4]; 3];
+    for (m, cut) in cuts.iter_mut().enumerate() {
+        let mut values: Vec<i64> = summaries.iter().map(|s| measures(s)[m]).collect();
+        values.sort_unstable();
+        let n = values.len();
+        for (k, c) in cut.iter_mut().enumerate() {
+            *c = values[((k + 1) * n).div_ceil(5) - 1];
         }
     }
-
-    // Dedup and retractions.
-    arrivals.sort();
-    let cancelled: BTreeSet<&str> = arrivals.iter().filter_map(|(_, _, e)| e.retracts.as_deref()).collect();
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
-    let mut valid: Vec<&Event> = Vec::new();
-    for (ingest, position, event) in &arrivals {
-        if seen.insert(&event.event_id) {
-            if !cancelled.contains(&*event.event_id) && event.event_type != EventType::Retraction {
-                valid.push(event);
-            }
-        } else {
-            rejects.push(Reject {
-                reason: RejectReason::Duplicate,
-                detail: format!("event_id {:?} was already delivered", event.event_id),
-                ingest_time: *ingest,
-                format: Format::Json,
-                position: *position,
-                raw: event.to_json().into_bytes(),
-            });
-        }
-    }
-
-    let mut reason_counts: BTreeMap<RejectReason, i64> = BTreeMap::new();
-    for r in rejects {
-        *reason_counts.entry(r.reason).or_insert(0) += 1;
-        add(ViewRow::Rejects(r));
-    }
-    for (reason, count) in reason_counts {
-        add(ViewRow::RejectedByReason { reason, count });
-    }
-
-    let sessions = sessions(&valid);
-    let mut funnel: BTreeMap<FunnelKey, (FunnelAgg, BTreeSet<&str>)> = BTreeMap::new();
-    for s in &sessions {
-        for g in Granularity::ALL {
-            for d in Dimension::ALL {
-                let value = match d {
-                    Dimension::All => Some(Text::from("all")),
-                    Dimension::Country => s.country.clone(),
-                    Dimension::Device => s.device.clone(),
-                    Dimension::UtmSource => s.utm_source.clone(),
-                    Dimension::Category => s.category.clone(),
-                };
-                let key = FunnelKey {
-                    granularity: g,
-                    window_start: s.start_ts - s.start_ts.rem_euclid(g.millis()),
-                    dimension: d,
-                    value: value.unwrap_or_else(|| Text::from("(none)")),
-                };
-                let (agg, users) = funnel.entry(key).or_default();
-                agg.sessions += 1;
-                agg.reached_view += i64::from(s.funnel_step >= 1);
-                agg.reached_cart += i64::from(s.funnel_step >= 2);
-                agg.reached_checkout += i64::from(s.funnel_step >= 3);
-                agg.reached_purchase += i64::from(s.funnel_step >= 4);
-                agg.purchasing_sessions += i64::from(s.purchases > 0);
-                agg.orders += s.orders as i64;
-                agg.revenue_cents += s.revenue_cents;
-                users.insert(&s.user_id);
-            }
-        }
-    }
-
-    let mut kpis: BTreeMap<KpiKey, (KpiAgg, BTreeSet<&str>)> = BTreeMap::new();
-    for e in &valid {
-        for g in Granularity::ALL {
-            let key = KpiKey { granularity: g, window_start: e.event_ts - e.event_ts.rem_euclid(g.millis()) };
-            let (k, orders) = kpis.entry(key).or_default();
-            let amount = e.price_cents.unwrap_or(0) * i64::from(e.quantity);
-            k.events += 1;
-            match e.event_type {
-                EventType::PageView => k.page_views += 1,
-                EventType::ProductView => k.product_views += 1,
-                EventType::AddToCart => k.cart_adds += 1,
-                EventType::RemoveFromCart => k.cart_removes += 1,
-                EventType::Checkout => k.checkouts += 1,
-                EventType::Purchase => {
-                    k.purchases += 1;
-                    k.revenue_cents += amount;
-                    orders.insert(e.order_id.as_deref().unwrap_or(&e.event_id));
-                }
-                EventType::Refund => {
-                    k.refunds += 1;
-                    k.refund_cents += amount;
-                }
-                EventType::Payment => {
-                    k.payments += 1;
-                    k.payment_cents += amount;
-                }
-                EventType::Retraction => unreachable!("retractions never count as valid events"),
-            }
-        }
-    }
-    for (key, (mut agg, users)) in funnel {
-        agg.unique_users = users.len() as i64;
-        if key.dimension == Dimension::All {
-            let (k, _) = kpis.entry(KpiKey { granularity: key.granularity, window_start: key.window_start }).or_default();
-            k.sessions += agg.sessions;
-            k.purchasing_sessions += agg.purchasing_sessions;
-            k.unique_users += agg.unique_users;
-        }
-        add(ViewRow::Funnel { key, agg });
-    }
-    for (key, (mut agg, orders)) in kpis {
-        agg.orders = orders.len() as i64;
-        add(ViewRow::Kpis { key, agg });
-    }
-    for s in sessions {
-        add(ViewRow::Sessions(s));
-    }
-    rows
+    summaries
+        .into_iter()
+        .map(|s| {
+            let values = measures(&s);
+            let scores = [0, 1, 2].map(|m| 1 + cuts[m].iter().filter(|&&c| values[m] > c).count() as u8);
+            RfmRow { summary: s, evaluation_day, scores }
+        })
+        .collect()
 }
 
 /// Sessions of the valid events: by `session_id` where given, else by a 30-minute gap.

@@ -49,23 +49,27 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use crate::clv::dataflow::ClvViews;
+use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
 use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
 use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ViewConfig {
     /// Validation limits and the retention horizon.
     pub decode: DecodeConfig,
     /// Ingestion ticks (ms): expiry times are rounded up to a tick, like ingestion times.
     pub tick_ms: u64,
+    /// Settings of the CLV views.
+    pub clv: ClvConfig,
 }
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10 }
+        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10, clv: ClvConfig::default() }
     }
 }
 
@@ -139,6 +143,12 @@ pub enum ViewRow {
     },
     /// A `rejects` row (the dead-letter view).
     Rejects(Reject),
+    /// A `customer_rfm` row.
+    CustomerRfm(RfmRow),
+    /// The `clv_model` row.
+    ClvModel(ClvModel),
+    /// A `customer_clv` row.
+    CustomerClv(ClvRow),
 }
 
 impl ViewRow {
@@ -150,6 +160,9 @@ impl ViewRow {
             ViewRow::Kpis { .. } => "kpis",
             ViewRow::RejectedByReason { .. } => "rejected_by_reason",
             ViewRow::Rejects(_) => "rejects",
+            ViewRow::CustomerRfm(_) => "customer_rfm",
+            ViewRow::ClvModel(_) => "clv_model",
+            ViewRow::CustomerClv(_) => "customer_clv",
         }
     }
 }
@@ -178,17 +191,21 @@ pub struct Views<'scope> {
     /// `rejects`: key the [`RejectReason`], row the rejected record with its bytes and
     /// detail, for as long as the retention horizon keeps it.
     pub rejects: ViewArrangement<'scope, RejectReason, Reject>,
+    /// `customer_rfm`, `clv_model` and `customer_clv` (see [`crate::clv`]).
+    pub clv: ClvViews<'scope>,
 }
 
 impl<'scope> Views<'scope> {
     /// Every view's rows as one collection of tagged [`ViewRow`]s.
     pub fn rows(&self) -> VecCollection<'scope, Time, ViewRow> {
         let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone()));
-        sessions.concat(self.summary_rows(&Dimension::ALL, true))
+        let rfm = self.clv.customer_rfm.clone().as_collection(|_, r| ViewRow::CustomerRfm(r.clone()));
+        let clv = self.clv.customer_clv.clone().as_collection(|_, c| ViewRow::CustomerClv(c.clone()));
+        sessions.concatenate([self.summary_rows(&Dimension::ALL, true), rfm, clv])
     }
 
     /// The rows a live summary shows: KPIs, funnel rows of the given dimensions, reject
-    /// counts, and (if `with_rejects`) rejected records. Cheaper than [`Views::rows`].
+    /// counts, the CLV model, and (if `with_rejects`) rejected records. Cheaper than [`Views::rows`].
     pub fn summary_rows(&self, dimensions: &'static [Dimension], with_rejects: bool) -> VecCollection<'scope, Time, ViewRow> {
         let funnel = self
             .funnel
@@ -197,7 +214,8 @@ impl<'scope> Views<'scope> {
         let kpis = self.kpis.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a });
         let counts = self.rejected_by_reason.clone().as_collection(|r, c| ViewRow::RejectedByReason { reason: *r, count: *c });
         let rejects = self.rejects.clone().flat_map_ref(move |_, r| with_rejects.then(|| ViewRow::Rejects(r.clone())));
-        funnel.concatenate([kpis, counts, rejects])
+        let model = self.clv.clv_model.clone().as_collection(|_, m| ViewRow::ClvModel(m.clone()));
+        funnel.concatenate([kpis, counts, rejects, model])
     }
 
     /// One `()` per session: its diffs sum to the number of sessions.
@@ -268,7 +286,9 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
     let rejected_by_reason = arrange_routed(rejected_by_reason, "Arrange: rejected_by_reason");
     let rejects = arrange_routed(rejects.map(|r| (r.reason, r)), "Arrange: rejects by reason");
 
+    let clv = crate::clv::dataflow::build(events.clone(), &config.clv);
     Views {
+        clv,
         events,
         sessions,
         funnel: arrange_routed(funnel, "Arrange: funnel"),
@@ -280,7 +300,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
 
 /// Arranges by key, placing each key on worker `key.route() mod workers` (see [`Route`]),
 /// so that the owner of a key can be computed outside the dataflow.
-fn arrange_routed<'scope, K, V>(collection: VecCollection<'scope, Time, (K, V)>, name: &str) -> ViewArrangement<'scope, K, V>
+pub(crate) fn arrange_routed<'scope, K, V>(collection: VecCollection<'scope, Time, (K, V)>, name: &str) -> ViewArrangement<'scope, K, V>
 where
     K: Route + differential_dataflow::ExchangeData + differential_dataflow::Hashable,
     V: differential_dataflow::ExchangeData,
@@ -410,7 +430,7 @@ fn session_events<'a>(input: &[(&'a SessionEvent, isize)]) -> Vec<&'a SessionEve
 }
 
 /// Keys a reduce's output values (the `push` half of `reduce_abelian`).
-fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64, updates: &mut Vec<(V, Time, isize)>) {
+pub(crate) fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64, updates: &mut Vec<(V, Time, isize)>) {
     buffer.clear();
     buffer.extend(updates.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
 }

@@ -79,6 +79,10 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEMARK_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
 
+    /// Settings of the CLV views.
+    #[command(flatten)]
+    pub clv: ClvFlags,
+
     /// Write the final contents of every view to this JSON file.
     #[arg(long, env = "TIDEMARK_VIEWS_OUT")]
     pub views_out: Option<PathBuf>,
@@ -199,6 +203,65 @@ impl ClusterFlags<'_> {
     }
 }
 
+/// Settings of `customer_rfm`, `clv_model` and `customer_clv`.
+#[derive(Clone, Debug, Args)]
+pub struct ClvFlags {
+    /// Evaluate customers as of this day (YYYY-MM-DD, UTC), leaving later orders out (a
+    /// calibration period). Default: the latest day any customer bought on.
+    #[arg(long, env = "TIDEMARK_CLV_EVALUATION_DATE")]
+    pub clv_evaluation_date: Option<String>,
+    /// Horizon of `customer_clv.expected_purchases`, in weeks.
+    #[arg(long, env = "TIDEMARK_CLV_PREDICTION_WEEKS", default_value_t = 52)]
+    pub clv_prediction_weeks: u32,
+    /// Months summed in `customer_clv.clv`.
+    #[arg(long, env = "TIDEMARK_CLV_MONTHS", default_value_t = 12)]
+    pub clv_months: u32,
+    /// Monthly discount rate of `customer_clv.clv` (0.01 = 1% a month).
+    #[arg(long, env = "TIDEMARK_CLV_DISCOUNT", default_value_t = 0.01)]
+    pub clv_discount: f64,
+    /// Refit the CLV model once its inputs changed this many times per mille of all
+    /// customers since the last fit...
+    #[arg(long, env = "TIDEMARK_CLV_REFIT_PER_MILLE", default_value_t = 10)]
+    pub clv_refit_per_mille: u64,
+    /// ...or once this many milliseconds of ingestion time passed, if anything changed.
+    #[arg(long, env = "TIDEMARK_CLV_REFIT_INTERVAL_MS", default_value_t = 60_000)]
+    pub clv_refit_interval_ms: u64,
+}
+
+impl ClvFlags {
+    /// The evaluation day of `--clv-evaluation-date`, if given and valid.
+    fn evaluation_day(&self) -> Result<Option<i64>, String> {
+        let Some(date) = &self.clv_evaluation_date else { return Ok(None) };
+        tidemark_dataflows::time::parse_timestamp(&format!("{date}T00:00:00Z"))
+            .map(|ms| Some(tidemark_dataflows::clv::day_of(ms)))
+            .ok_or_else(|| format!("--clv-evaluation-date {date:?} is not a date (YYYY-MM-DD)"))
+    }
+
+    /// Adds what is wrong with these flags to `problems`.
+    pub fn check(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.evaluation_day() {
+            problems.push(e);
+        }
+        if self.clv_months == 0 || self.clv_prediction_weeks == 0 {
+            problems.push("--clv-months and --clv-prediction-weeks must be positive".to_owned());
+        }
+        if !(self.clv_discount.is_finite() && self.clv_discount > -1.0) {
+            problems.push(format!("--clv-discount {} must be a finite rate above -1", self.clv_discount));
+        }
+    }
+
+    /// The CLV settings (call [`ClvFlags::check`] first: an invalid date is ignored here).
+    pub fn config(&self) -> tidemark_dataflows::clv::ClvConfig {
+        use tidemark_dataflows::clv::{model::ClvSettings, ClvConfig, RefitPolicy};
+        ClvConfig {
+            evaluation_day: self.evaluation_day().ok().flatten(),
+            prediction_weeks: self.clv_prediction_weeks,
+            clv: ClvSettings { months: self.clv_months, monthly_discount_rate: self.clv_discount, ..ClvSettings::default() },
+            refit: RefitPolicy { changed_per_mille: self.clv_refit_per_mille, interval_ms: self.clv_refit_interval_ms },
+        }
+    }
+}
+
 /// Checks the view settings both commands take.
 pub fn check_view_flags(tick_ms: u64, retention_hours: u64, problems: &mut Vec<String>) {
     if tick_ms == 0 {
@@ -209,9 +272,9 @@ pub fn check_view_flags(tick_ms: u64, retention_hours: u64, problems: &mut Vec<S
     }
 }
 
-/// The view settings of `--tick-ms` and `--retention-hours`.
-pub fn view_config(tick_ms: u64, retention_hours: u64) -> ViewConfig {
-    let mut config = ViewConfig { tick_ms, ..ViewConfig::default() };
+/// The view settings of `--tick-ms`, `--retention-hours` and the CLV flags.
+pub fn view_config(tick_ms: u64, retention_hours: u64, clv: &ClvFlags) -> ViewConfig {
+    let mut config = ViewConfig { tick_ms, clv: clv.config(), ..ViewConfig::default() };
     config.decode.retention_ms = retention_hours * 3_600_000;
     config
 }
@@ -230,6 +293,7 @@ impl RunArgs {
             self.generator.check(&mut problems);
         }
         check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
+        self.clv.check(&mut problems);
         if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
             problems.push("a multi-process run needs a finite source: --input, or --max-speed with --events".to_owned());
         }
@@ -243,7 +307,7 @@ impl RunArgs {
 
     /// The view settings these flags select.
     pub fn view_config(&self) -> ViewConfig {
-        view_config(self.tick_ms, self.retention_hours)
+        view_config(self.tick_ms, self.retention_hours, &self.clv)
     }
 
     /// How long to run, if bounded by wall-clock time.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::{json, Value};
+use tidemark_dataflows::clv::DAY_MS;
 use tidemark_dataflows::decode::Reject;
 use tidemark_dataflows::time::{format_timestamp, Time};
 use tidemark_dataflows::views::ViewRow;
@@ -131,5 +132,28 @@ pub fn row_json(row: &ViewRow) -> Value {
         ),
         ViewRow::RejectedByReason { reason, count } => json!({"reason": reason.name(), "count": count}),
         ViewRow::Rejects(r) => reject_json(r),
+        ViewRow::CustomerRfm(r) => {
+            let s = &r.summary;
+            let (x, t_x, t) = r.triple_days();
+            let day = |d: i64| format_timestamp(d * DAY_MS)[..10].to_owned();
+            json!({
+                "user_id": s.user_id,
+                "first_purchase": day(s.first_day),
+                "last_purchase": day(s.last_day),
+                "evaluation_day": day(r.evaluation_day),
+                "x": x,
+                "t_x_days": t_x,
+                "t_days": t,
+                "recency_days": r.evaluation_day - s.last_day,
+                "purchase_days": s.days,
+                "spend_cents": s.first_cents + s.repeat_cents,
+                "zbar": r.zbar(),
+                "r_score": r.scores[0],
+                "f_score": r.scores[1],
+                "m_score": r.scores[2],
+            })
+        }
+        ViewRow::ClvModel(m) => value(m),
+        ViewRow::CustomerClv(c) => value(c),
     }
 }

@@ -50,9 +50,9 @@ impl<'a> Summary<'a> {
     pub fn apply(&mut self, message: &Message) {
         for (row, _time, diff) in &message.updates {
             let shown = match row {
-                ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } => true,
+                ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } | ViewRow::ClvModel(_) => true,
                 ViewRow::Funnel { key, .. } => matches!(key.dimension, Dimension::All | Dimension::Country),
-                ViewRow::Sessions(_) | ViewRow::Rejects(_) => false,
+                ViewRow::Sessions(_) | ViewRow::Rejects(_) | ViewRow::CustomerRfm(_) | ViewRow::CustomerClv(_) => false,
             };
             if shown {
                 let count = self.rows.entry(row.clone()).or_insert(0);
@@ -151,6 +151,15 @@ impl<'a> Summary<'a> {
                     a.purchasing_sessions,
                     a.revenue_cents as f64 / 100.0,
                 );
+            }
+        }
+        if let Some(m) = self.rows.keys().find_map(|row| if let ViewRow::ClvModel(m) = row { Some(m) } else { None }) {
+            out += &format!("\nCLV model v{} (fitted at {}, {} customers): ", m.version, format_timestamp(m.fitted_at as i64), m.customers);
+            match (m.bg(), m.gg()) {
+                (Some(b), Some(g)) => {
+                    out += &format!("BG/NBD r {:.4} alpha {:.4} a {:.4} b {:.4}; Gamma-Gamma p {:.4} q {:.4} v {:.4}\n", b.r, b.alpha, b.a, b.b, g.p, g.q, g.v)
+                }
+                _ => out += &format!("{}\n", m.error.as_deref().unwrap_or("not fitted")),
             }
         }
         out += "\nRejects (within retention): ";

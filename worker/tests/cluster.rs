@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{free_ports, tidemark_run, wait_with_timeout, Scratch};
 use tidemark_dataflows::generator::{Generator, GeneratorConfig};
-use tidemark_dataflows::reference::{difference, state_at, views_at};
+use tidemark_dataflows::reference::{difference, state_at, Reference};
 use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::{ViewConfig, ViewRow};
 use tidemark_worker::config::InputFormat;
@@ -87,8 +87,9 @@ fn two_processes_equal_the_reference() {
     let checkpoints: Vec<Time> = times.iter().copied().step_by(step).chain([last]).collect();
     assert!(checkpoints.len() >= 20, "enough distinct times to check");
     let mut expired = false;
+    let reference = Reference::new(&records, &view_config);
     for t in checkpoints {
-        let expected = views_at(&records, t, &view_config);
+        let expected = reference.views_at(t);
         let actual = state_at(&updates, t);
         let diff = difference(&actual, &expected);
         assert!(diff.is_empty(), "time {t}: views differ:\n{diff}");

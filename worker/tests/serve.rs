@@ -16,6 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidemark_coordinator::cluster::Cluster;
 use tidemark_coordinator::config::ServeOptions;
+use tidemark_dataflows::clv::dataflow::Single;
 use tidemark_dataflows::decode::{Format, RawRecord};
 use tidemark_dataflows::reference::views_at;
 use tidemark_dataflows::time::{format_timestamp, Time};
@@ -140,6 +141,9 @@ fn reference_rows(records: &[(RawRecord, Time)], at: Time, view: &str) -> BTreeM
             ViewRow::Funnel { key, agg } if view == "funnel" => schema::funnel_row(key, agg),
             ViewRow::Kpis { key, agg } if view == "kpis" => schema::kpi_row(key, agg),
             ViewRow::RejectedByReason { reason, count } if view == "rejected_by_reason" => schema::rejected_row(reason, count),
+            ViewRow::CustomerRfm(r) if view == "customer_rfm" => schema::rfm_row(&0, r),
+            ViewRow::ClvModel(m) if view == "clv_model" => schema::clv_model_row(&Single, m),
+            ViewRow::CustomerClv(c) if view == "customer_clv" => schema::clv_row(&0, c),
             _ => return None,
         };
         Some((api, count))
@@ -206,7 +210,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
 
         let views = client.list_views(tidemark_proto::v1::ListViewsRequest {}).await.expect("ListViews").into_inner().views;
         let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(names, ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects"]);
+        assert_eq!(names, ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv"]);
 
         // Subscriptions from before any event: kpis and funnel.
         let start = client.query(QueryRequest { view: "kpis".into(), ..Default::default() }).await.expect("Query").into_inner().as_of;
@@ -238,7 +242,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
 
         // Every view, read at every acknowledged time, equals the reference.
         for &t in &ack_times {
-            for view in ["sessions", "funnel", "kpis", "rejected_by_reason"] {
+            for view in ["sessions", "funnel", "kpis", "rejected_by_reason", "customer_rfm", "clv_model", "customer_clv"] {
                 let want = reference_rows(&records, t, view);
                 assert!(!want.is_empty(), "{view} has rows at {t}");
                 assert_eq!(query_rows(&mut client, view, t).await, want, "{view} at {t}");

@@ -25,19 +25,34 @@ pub fn test_config() -> ViewConfig {
     config
 }
 
+/// [`test_config`] with its retention and future limit multiplied by `scale`.
+pub fn scaled_config(scale: u64) -> ViewConfig {
+    let mut config = test_config();
+    config.decode.retention_ms *= scale;
+    config.decode.max_future_ms *= scale;
+    config
+}
+
 /// A random mix of records over a few users: views, carts, checkouts, purchases with
 /// shared orders, payments and refunds; given and derived sessions; duplicates (same
 /// bytes re-delivered), corrections and cancellations (also of unknown or later ids),
 /// late, too-late and future events, and malformed records. Ingestion times are
 /// non-decreasing and on 10 ms ticks.
 pub fn random_records(seed: u64, n: usize) -> Vec<(RawRecord, Time)> {
+    random_records_scaled(seed, n, 1)
+}
+
+/// [`random_records`] with every gap between records and every lateness multiplied by
+/// `scale` (with [`scaled_config`] of the same scale, records span days or weeks: what
+/// customer histories need).
+pub fn random_records_scaled(seed: u64, n: usize, scale: i64) -> Vec<(RawRecord, Time)> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out: Vec<(RawRecord, Time)> = Vec::with_capacity(n);
     let mut clock = BASE_MS + 600_000;
     let mut next_id = 0u64;
     let types = ["page_view", "product_view", "product_view", "add_to_cart", "remove_from_cart", "checkout", "purchase", "purchase", "refund", "payment"];
     for position in 0..n as u64 {
-        clock += rng.random_range(0..120_000);
+        clock += scale * rng.random_range(0..120_000);
         let ingest = tick_ceil(clock as u64, 10);
         let roll: f64 = rng.random();
         let bytes: Vec<u8> = if roll < 0.10 && !out.is_empty() {
@@ -58,7 +73,7 @@ pub fn random_records(seed: u64, n: usize) -> Vec<(RawRecord, Time)> {
                 93..97 => rng.random_range(7_200_000..10_800_000),
                 _ => -rng.random_range(0..7_200_000),
             };
-            let ts = clock - lag;
+            let ts = clock - scale * lag;
             next_id += 1;
             let mut fields = vec![
                 format!(r#""event_id":"e{next_id}""#),
@@ -119,6 +134,12 @@ pub fn shuffle_within_times(records: &mut [(RawRecord, Time)], seed: u64) {
 /// stepping to completion at every few ingestion times (so that updates arrive in many
 /// small batches), and returns every view update.
 pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig) -> Vec<Update> {
+    run_dataflow_until(records, workers, config, None)
+}
+
+/// [`run_dataflow`], but with `until`, the run stops once every view is complete through
+/// that time, instead of closing the input (which releases every future expiry).
+pub fn run_dataflow_until(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig, until: Option<Time>) -> Vec<Update> {
     let records = Arc::new(records.to_vec());
     let updates = Arc::new(Mutex::new(Vec::new()));
     let sink = updates.clone();
@@ -126,6 +147,7 @@ pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &View
     timely::execute(timely::Config::process(workers), move |worker| {
         let sink = sink.clone();
         let config = config.clone();
+        let dataflow = worker.next_dataflow_index();
         let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, records) = scope.new_collection::<RawRecord, isize>();
             let (probe, _) = build(records, &config)
@@ -151,8 +173,19 @@ pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &View
                 input.insert(record.clone());
             }
         }
-        drop(input);
-        worker.step_while(|| !probe.done());
+        match until {
+            Some(until) => {
+                input.advance_to(until + 1);
+                input.flush();
+                worker.step_while(|| probe.less_than(&(until + 1)));
+                drop(input);
+                worker.drop_dataflow(dataflow);
+            }
+            None => {
+                drop(input);
+                worker.step_while(|| !probe.done());
+            }
+        }
     })
     .expect("timely runs");
     let updates = std::mem::take(&mut *updates.lock().expect("workers are done"));

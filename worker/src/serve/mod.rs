@@ -32,7 +32,7 @@ use tidemark_coordinator::config::InternalSecret;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
-use crate::config::{check_view_flags, view_config, ClusterFlags, GeneratorFlags};
+use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, GeneratorFlags};
 use tidemark_dataflows::views::ViewConfig;
 use crate::source::now_ms;
 use self::thread::ThreadContext;
@@ -54,12 +54,15 @@ pub struct ServedViewFlags {
     /// How far behind the frontier (ms) queries and subscriptions may start.
     #[arg(long, env = "TIDEMARK_HISTORY_MS", default_value_t = 60_000)]
     pub history_ms: u64,
+    /// Settings of the CLV views.
+    #[command(flatten)]
+    pub clv: ClvFlags,
 }
 
 impl ServedViewFlags {
     /// The dataflows' settings.
     pub fn view_config(&self) -> ViewConfig {
-        view_config(self.tick_ms, self.retention_hours)
+        view_config(self.tick_ms, self.retention_hours, &self.clv)
     }
 }
 
@@ -119,6 +122,7 @@ impl WorkerArgs {
         let mut problems = Vec::new();
         self.cluster().check(&mut problems);
         check_view_flags(self.views.tick_ms, self.views.retention_hours, &mut problems);
+        self.views.clv.check(&mut problems);
         if self.generate {
             self.generator.check(&mut problems);
         }

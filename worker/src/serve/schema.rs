@@ -1,6 +1,8 @@
 //! The views as the API shows them: columns, key, routing columns, and rows as
 //! [`Row`]s of typed [`Value`]s.
 
+use tidemark_dataflows::clv::dataflow::Single;
+use tidemark_dataflows::clv::{ClvModel, ClvRow, Real, RfmRow, DAY_MS};
 use tidemark_dataflows::decode::Reject;
 use tidemark_dataflows::rows::{FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use tidemark_proto::v1::{Column, ColumnType, Row, Value, ViewInfo};
@@ -61,11 +63,17 @@ pub mod index {
     pub const REJECTED_BY_REASON: usize = 3;
     /// `rejects`.
     pub const REJECTS: usize = 4;
+    /// `customer_rfm`.
+    pub const CUSTOMER_RFM: usize = 5;
+    /// `clv_model`.
+    pub const CLV_MODEL: usize = 6;
+    /// `customer_clv`.
+    pub const CUSTOMER_CLV: usize = 7;
 }
 
 /// Every served view, in [`index`] order.
 pub fn schemas() -> Vec<Schema> {
-    use ColumnType::{Bytes, Int64, String as Text, TimestampMs};
+    use ColumnType::{Bytes, Double, Int64, String as Text, TimestampMs};
     let sessions = [
         col("user_id", Text, false, "the user"),
         col("session_id", Text, false, "the shop's session id, or derived:<start ms>"),
@@ -118,7 +126,116 @@ pub fn schemas() -> Vec<Schema> {
             key_columns: 3,
             routing_columns: 1,
         },
+        Schema {
+            name: "customer_rfm",
+            description: "per customer: transaction days (same-day orders merged, refunds netted), the CDNOW summary as of the evaluation day, and RFM quintile scores (5 = most recent, frequent, valuable)",
+            columns: vec![
+                col("user_id", Text, false, "the customer"),
+                col("first_purchase", TimestampMs, false, "start of the first transaction day (UTC)"),
+                col("last_purchase", TimestampMs, false, "start of the last transaction day"),
+                col("evaluation_day", TimestampMs, false, "the day T is measured to"),
+                col("x", Int64, false, "repeat transaction days"),
+                col("t_x_weeks", Double, false, "weeks from the first to the last transaction"),
+                col("t_weeks", Double, false, "weeks from the first transaction to the evaluation day"),
+                col("recency_days", Int64, false, "days from the last transaction to the evaluation day"),
+                col("spend_cents", Int64, false, "value of all transactions"),
+                col("zbar", Double, false, "mean value of the repeat transactions (0 without repeats)"),
+                col("r_score", Int64, false, "recency quintile, 1-5"),
+                col("f_score", Int64, false, "frequency quintile, 1-5"),
+                col("m_score", Int64, false, "monetary quintile (mean spend per day, whole units), 1-5"),
+            ],
+            key_columns: 1,
+            routing_columns: 1,
+        },
+        Schema {
+            name: "clv_model",
+            description: "the current BG/NBD and Gamma-Gamma fit (one row; versions count fits)",
+            columns: vec![
+                col("version", Int64, false, "fits so far"),
+                col("fitted_at", Int64, false, "ingestion time (ms) of the data fitted on"),
+                col("customers", Int64, false, "customers in the BG/NBD fit"),
+                col("r", Double, true, "BG/NBD"),
+                col("alpha", Double, true, "BG/NBD"),
+                col("a", Double, true, "BG/NBD"),
+                col("b", Double, true, "BG/NBD"),
+                col("bg_nbd_log_likelihood", Double, true, "at the fit"),
+                col("spend_customers", Int64, false, "customers in the Gamma-Gamma fit"),
+                col("p", Double, true, "Gamma-Gamma"),
+                col("q", Double, true, "Gamma-Gamma"),
+                col("v", Double, true, "Gamma-Gamma"),
+                col("gamma_gamma_log_likelihood", Double, true, "at the fit"),
+                col("error", Text, true, "why a fit failed"),
+            ],
+            key_columns: 1,
+            // The row lives on worker 0 whatever its version: a lookup asks every process.
+            routing_columns: 0,
+        },
+        Schema {
+            name: "customer_clv",
+            description: "per customer: predictions of the current clv_model",
+            columns: vec![
+                col("user_id", Text, false, "the customer"),
+                col("x", Int64, false, "repeat transaction days"),
+                col("t_x_weeks", Double, false, ""),
+                col("t_weeks", Double, false, ""),
+                col("zbar", Double, false, "mean repeat transaction value"),
+                col("p_alive", Double, true, "probability the customer is still active"),
+                col("expected_purchases", Double, true, "transactions expected over the prediction horizon"),
+                col("expected_spend", Double, true, "expected value of a transaction"),
+                col("clv", Double, true, "discounted value over the CLV horizon"),
+                col("model_version", Int64, false, "clv_model version used"),
+            ],
+            key_columns: 1,
+            routing_columns: 1,
+        },
     ]
+}
+
+fn real_or_null(v: Option<Real>) -> Value {
+    v.map_or_else(value::null, |r| value::double(r.0))
+}
+
+/// A `customer_rfm` row.
+pub fn rfm_row(_: &u64, r: &RfmRow) -> Row {
+    let s = &r.summary;
+    let (x, t_x, t) = r.triple_days();
+    let scores = r.scores.map(|v| value::int64(i64::from(v)));
+    let mut values = vec![
+        value::string(&s.user_id),
+        value::timestamp_ms(s.first_day * DAY_MS),
+        value::timestamp_ms(s.last_day * DAY_MS),
+        value::timestamp_ms(r.evaluation_day * DAY_MS),
+        value::int64(i64::from(x)),
+        value::double(t_x as f64 / 7.0),
+        value::double(t as f64 / 7.0),
+        value::int64(r.evaluation_day - s.last_day),
+        value::int64(s.first_cents + s.repeat_cents),
+        value::double(r.zbar()),
+    ];
+    values.extend(scores);
+    Row { values }
+}
+
+/// The `clv_model` row.
+pub fn clv_model_row(_: &Single, m: &ClvModel) -> Row {
+    let bg = m.bg_nbd.map_or([None; 4], |p| p.map(Some));
+    let gg = m.gamma_gamma.map_or([None; 3], |p| p.map(Some));
+    let mut values = vec![value::int64(m.version as i64), value::int64(m.fitted_at as i64), value::int64(m.customers as i64)];
+    values.extend(bg.map(real_or_null));
+    values.push(real_or_null(m.bg_nbd_log_likelihood));
+    values.push(value::int64(m.spend_customers as i64));
+    values.extend(gg.map(real_or_null));
+    values.push(real_or_null(m.gamma_gamma_log_likelihood));
+    values.push(m.error.as_deref().map_or_else(value::null, value::string));
+    Row { values }
+}
+
+/// A `customer_clv` row.
+pub fn clv_row(_: &u64, c: &ClvRow) -> Row {
+    let mut values = vec![value::string(&c.user_id), value::int64(i64::from(c.x)), value::double(c.t_x.0), value::double(c.t.0), value::double(c.zbar.0)];
+    values.extend([c.p_alive, c.expected_purchases, c.expected_spend, c.clv].map(real_or_null));
+    values.push(value::int64(c.model_version as i64));
+    Row { values }
 }
 
 fn text_or_null(v: &Option<std::sync::Arc<str>>) -> Value {
@@ -182,6 +299,13 @@ mod tests {
         assert_eq!(funnel_row(&key, &FunnelAgg::default()).values.len(), schemas[index::FUNNEL].columns.len());
         let kpi = KpiKey { granularity: Granularity::Day, window_start: 0 };
         assert_eq!(kpi_row(&kpi, &KpiAgg::default()).values.len(), schemas[index::KPIS].columns.len());
+        let summary = tidemark_dataflows::clv::CustomerSummary { user_id: "u".into(), first_day: 1, last_day: 3, days: 2, first_cents: 100, repeat_cents: 50 };
+        let rfm = RfmRow { summary, evaluation_day: 10, scores: [1, 2, 3] };
+        assert_eq!(rfm_row(&0, &rfm).values.len(), schemas[index::CUSTOMER_RFM].columns.len());
+        let model = ClvModel::fit(&Default::default(), 1, 0);
+        assert_eq!(clv_model_row(&Single, &model).values.len(), schemas[index::CLV_MODEL].columns.len());
+        let clv = ClvRow::new(&rfm, &model, &Default::default());
+        assert_eq!(clv_row(&0, &clv).values.len(), schemas[index::CUSTOMER_CLV].columns.len());
         for (i, s) in schemas.iter().enumerate() {
             assert!(s.routing_columns <= s.key_columns && s.key_columns <= s.columns.len(), "view {i}");
         }

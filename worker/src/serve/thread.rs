@@ -78,7 +78,7 @@ struct Subscription {
     live: Option<(Time, Vec<Update>)>,
 }
 
-/// The arrangement key under which a user's sessions live.
+/// The arrangement key under which a user's (or customer's) rows live.
 fn seek_user(values: &[Value]) -> Option<u64> {
     match values.first()?.kind.as_ref()? {
         Kind::String(user) => Some(key_of(user)),
@@ -100,6 +100,9 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
             Box::new(Served::new(v.kpis, schema::kpi_row, |_| None)),
             Box::new(Served::new(v.rejected_by_reason, schema::rejected_row, |_| None)),
             Box::new(Served::new(v.rejects, schema::reject_row, |_| None)),
+            Box::new(Served::new(v.clv.customer_rfm, schema::rfm_row, seek_user)),
+            Box::new(Served::new(v.clv.clv_model, schema::clv_model_row, |_| None)),
+            Box::new(Served::new(v.clv.customer_clv, schema::clv_row, seek_user)),
         ];
         (input, served)
     });
