@@ -398,6 +398,8 @@ struct WireEvent<'a> {
     #[serde(borrow)]
     card_id: Option<Id<'a>>,
     #[serde(borrow)]
+    billing_country: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     retracts: Option<Id<'a>>,
 }
 
@@ -458,6 +460,7 @@ fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
         geo,
         ip: own(wire.ip),
         card_id: own_id(wire.card_id),
+        billing_country: own(wire.billing_country),
         retracts: own_id(wire.retracts),
     })
 }

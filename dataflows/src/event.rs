@@ -162,6 +162,8 @@ pub struct Event {
     pub ip: Option<Text>,
     /// Hashed payment instrument.
     pub card_id: Option<Text>,
+    /// The country the card is billed to (ISO 3166-1 alpha-2), for payments.
+    pub billing_country: Option<Text>,
     /// The id of an earlier event this one corrects or cancels.
     pub retracts: Option<Text>,
 }
@@ -186,6 +188,7 @@ impl Event {
             geo: None,
             ip: None,
             card_id: None,
+            billing_country: None,
             retracts: None,
         }
     }
@@ -235,6 +238,7 @@ impl Event {
         opt("order_id", &self.order_id);
         opt("ip", &self.ip);
         opt("card_id", &self.card_id);
+        opt("billing_country", &self.billing_country);
         opt("retracts", &self.retracts);
         if let Some(p) = self.price_cents {
             obj.insert("price".into(), serde_json::json!(p as f64 / 100.0));

@@ -675,6 +675,8 @@ impl Generator {
                 ev.price = Some(total);
                 ev.order = Some(s.order);
                 ev.card = Some(s.card);
+                // Cards are billed to the user's home country, where clean sessions are.
+                ev.billing = Some(s.ctx.country);
                 ev.ip = true;
                 ev.latlon = true;
                 if self.rng.chance(REFUND_RATE) {
@@ -955,6 +957,8 @@ struct Ev {
     qty: u32,
     order: Option<u64>,
     card: Option<u64>,
+    /// Country the card is billed to (an index into `COUNTRIES`).
+    billing: Option<u8>,
     retracts: Option<u64>,
     ip: bool,
     latlon: bool,
@@ -978,6 +982,7 @@ impl Ev {
             qty: 1,
             order: None,
             card: None,
+            billing: None,
             retracts: None,
             ip: false,
             latlon: false,
@@ -1472,6 +1477,9 @@ impl Writer {
             self.buf.extend_from_slice(b",\"card_id\":\"c");
             push_hex(&mut self.buf, card);
             self.buf.push(b'"');
+        }
+        if let Some(billing) = ev.billing {
+            self.str(b",\"billing_country\":", COUNTRIES[usize::from(billing)].code);
         }
         if let Some(retracts) = ev.retracts {
             self.id(b",\"retracts\":", b'e', retracts);

@@ -10,13 +10,14 @@
 //! 2. [`views`] dedups by `event_id`, applies retractions, expires events that fall out of
 //!    the retention horizon, and maintains `sessions`, `funnel`, `kpis`, `rejects` and
 //!    `rejected_by_reason`; [`clv`] adds `customer_rfm`, `clv_model` (BG/NBD and
-//!    Gamma-Gamma fits) and `customer_clv`.
+//!    Gamma-Gamma fits) and `customer_clv`; [`fraud`] adds `fraud_features`.
 //! 3. [`reference`] computes the same views from scratch, for oracle tests.
 #![forbid(missing_docs)]
 
 pub mod clv;
 pub mod decode;
 pub mod event;
+pub mod fraud;
 pub mod generator;
 pub mod reference;
 pub mod rows;

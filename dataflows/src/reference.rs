@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::clv::{ClvConfig, ClvModel, ClvRow, CustomerSummary, ModelInput, RfmRow};
 use crate::decode::{decode, Format, RawRecord, Reject, RejectReason};
+use crate::fraud::FraudFeatures;
 use crate::event::{Event, EventType, Text};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use crate::time::{Granularity, Time};
@@ -96,6 +97,9 @@ impl Reference {
         }
         for row in rfm {
             add(ViewRow::CustomerRfm(row));
+        }
+        for row in fraud_features(&valid) {
+            add(ViewRow::FraudFeatures(row));
         }
 
         let mut reason_counts: BTreeMap<RejectReason, i64> = BTreeMap::new();
@@ -305,6 +309,47 @@ fn rfm_rows(valid: &[&Event], config: &ClvConfig) -> Vec<RfmRow> {
             RfmRow { summary: s, evaluation_day, scores }
         })
         .collect()
+}
+
+/// `fraud_features` of the valid events, each payment compared with every other payment
+/// of its card.
+fn fraud_features(valid: &[&Event]) -> Vec<FraudFeatures> {
+    let payments: Vec<&Event> = valid.iter().copied().filter(|e| e.event_type == EventType::Payment && e.card_id.is_some()).collect();
+    let device = |e: &Event| e.device.as_ref().and_then(|d| d.device_id.clone().or_else(|| d.os.clone()));
+    let location = |e: &Event| e.geo.as_ref().and_then(|g| Some((g.lat_e6?, g.lon_e6?)));
+    let amount = |e: &Event| e.price_cents.unwrap_or(0) * i64::from(e.quantity);
+    let mut out = Vec::new();
+    for p in &payments {
+        let before = |q: &&&Event| q.card_id == p.card_id && (q.event_ts, &q.event_id) < (p.event_ts, &p.event_id);
+        let earlier: Vec<&Event> = payments.iter().filter(before).copied().collect();
+        let within = |w: i64| earlier.iter().filter(move |q| q.event_ts > p.event_ts - w);
+        let day: Vec<&Event> = earlier.iter().copied().chain([*p]).filter(|q| q.event_ts > p.event_ts - 86_400_000).collect();
+        let distinct = |f: &dyn Fn(&Event) -> Option<Text>| day.iter().filter_map(|q| f(q)).collect::<BTreeSet<_>>().len() as u32;
+        let previous = earlier.iter().max_by(|a, b| (a.event_ts, &a.event_id).cmp(&(b.event_ts, &b.event_id)));
+        out.push(FraudFeatures {
+            card_id: p.card_id.clone().expect("payments with cards"),
+            event_ts: p.event_ts,
+            payment_id: p.event_id.clone(),
+            user_id: p.user_id.clone(),
+            amount_cents: amount(p),
+            counts: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).count() as u32),
+            sums_cents: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).map(|q| amount(q)).sum()),
+            distinct_24h: [
+                distinct(&|q| q.geo.as_ref().and_then(|g| g.country.clone())),
+                distinct(&|q| device(q)),
+                distinct(&|q| q.ip.clone()),
+            ],
+            prior_count: earlier.len() as u64,
+            prior_sum_cents: earlier.iter().map(|q| amount(q)).sum(),
+            prior_sum_sq: earlier.iter().map(|q| i128::from(amount(q)).pow(2)).sum(),
+            since_prev_ms: previous.map(|q| p.event_ts - q.event_ts),
+            travel: previous.and_then(|q| Some((location(q)?, location(p)?))),
+            new_device: !earlier.is_empty() && device(p).is_some_and(|d| earlier.iter().all(|q| device(q) != Some(d.clone()))),
+            new_country: !earlier.is_empty() && p.country().is_some_and(|c| earlier.iter().all(|q| q.country() != Some(c))),
+            country_mismatch: matches!((p.billing_country.as_deref(), p.country()), (Some(b), Some(c)) if b != c),
+        });
+    }
+    out
 }
 
 /// Sessions of the valid events: by `session_id` where given, else by a 30-minute gap.

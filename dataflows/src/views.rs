@@ -51,6 +51,7 @@ use timely::dataflow::Stream;
 
 use crate::clv::dataflow::ClvViews;
 use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
+use crate::fraud::FraudFeatures;
 use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
 use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
@@ -149,6 +150,8 @@ pub enum ViewRow {
     ClvModel(ClvModel),
     /// A `customer_clv` row.
     CustomerClv(ClvRow),
+    /// A `fraud_features` row.
+    FraudFeatures(FraudFeatures),
 }
 
 impl ViewRow {
@@ -163,6 +166,7 @@ impl ViewRow {
             ViewRow::CustomerRfm(_) => "customer_rfm",
             ViewRow::ClvModel(_) => "clv_model",
             ViewRow::CustomerClv(_) => "customer_clv",
+            ViewRow::FraudFeatures(_) => "fraud_features",
         }
     }
 }
@@ -193,6 +197,9 @@ pub struct Views<'scope> {
     pub rejects: ViewArrangement<'scope, RejectReason, Reject>,
     /// `customer_rfm`, `clv_model` and `customer_clv` (see [`crate::clv`]).
     pub clv: ClvViews<'scope>,
+    /// `fraud_features`: key [`key_of`] the card id, row [`FraudFeatures`] (see
+    /// [`crate::fraud`]).
+    pub fraud_features: ViewArrangement<'scope, u64, FraudFeatures>,
 }
 
 impl<'scope> Views<'scope> {
@@ -201,7 +208,8 @@ impl<'scope> Views<'scope> {
         let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone()));
         let rfm = self.clv.customer_rfm.clone().as_collection(|_, r| ViewRow::CustomerRfm(r.clone()));
         let clv = self.clv.customer_clv.clone().as_collection(|_, c| ViewRow::CustomerClv(c.clone()));
-        sessions.concatenate([self.summary_rows(&Dimension::ALL, true), rfm, clv])
+        let fraud = self.fraud_features.clone().as_collection(|_, f| ViewRow::FraudFeatures(f.clone()));
+        sessions.concatenate([self.summary_rows(&Dimension::ALL, true), rfm, clv, fraud])
     }
 
     /// The rows a live summary shows: KPIs, funnel rows of the given dimensions, reject
@@ -287,8 +295,10 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
     let rejects = arrange_routed(rejects.map(|r| (r.reason, r)), "Arrange: rejects by reason");
 
     let clv = crate::clv::dataflow::build(events.clone(), &config.clv);
+    let fraud_features = crate::fraud::build(events.clone());
     Views {
         clv,
+        fraud_features,
         events,
         sessions,
         funnel: arrange_routed(funnel, "Arrange: funnel"),

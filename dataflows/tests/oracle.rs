@@ -37,7 +37,7 @@ fn views_equal_reference_at_every_time_one_worker() {
         let records = random_records(seed, 300);
         let updates = check_against_reference(&records, 1, &format!("seed {seed}"));
         // The mix must exercise every view, or the comparison proves little.
-        assert_eq!(views_present(&updates).len(), 8, "seed {seed}: {:?}", views_present(&updates));
+        assert_eq!(views_present(&updates).len(), 9, "seed {seed}: {:?}", views_present(&updates));
         let reasons: std::collections::BTreeSet<_> = updates
             .iter()
             .filter_map(|(row, _, _)| match row {
@@ -115,5 +115,35 @@ fn clv_views_equal_reference_over_weeks() {
             let expired = updates.iter().any(|(row, _, d)| *d < 0 && matches!(row, ViewRow::CustomerRfm(_)));
             assert!(expired, "{label}: customer rows change or expire");
         }
+    }
+}
+
+/// Payments spread over days, with late ones that precede earlier-delivered ones: every
+/// `fraud_features` row equals the reference at every time, at 1 and 4 threads, and the
+/// mix exercises every feature.
+#[test]
+fn fraud_features_equal_reference_with_late_payments() {
+    // Gaps of up to 5 minutes: windows from one minute to a day all fill.
+    let scale = 3;
+    let config = scaled_config(scale as u64);
+    for (seed, workers) in [(60, 1), (61, 4)] {
+        let records = random_records_scaled(seed, 300, scale);
+        let label = format!("seed {seed}");
+        let updates = check_with_config(&records, workers, &label, &config);
+        let rows: Vec<&tidemark_dataflows::fraud::FraudFeatures> =
+            updates.iter().filter_map(|(row, _, d)| if let ViewRow::FraudFeatures(f) = row { (*d > 0).then_some(f) } else { None }).collect();
+        assert!(rows.iter().any(|f| f.counts[0] > 0), "{label}: a payment within a minute of another");
+        assert!(rows.iter().any(|f| f.counts[3] > f.counts[1]), "{label}: the 24 h window holds more than the 10 min one");
+        assert!(rows.iter().any(|f| f.amount_z().is_some()), "{label}: amount z-scores");
+        assert!(rows.iter().any(|f| f.geo_velocity_kmh().is_some_and(|v| v > 0.0)), "{label}: geo-velocity");
+        assert!(rows.iter().any(|f| f.new_device) && rows.iter().any(|f| f.new_country), "{label}: new device and country flags");
+        assert!(rows.iter().any(|f| f.country_mismatch), "{label}: billing country mismatches");
+        assert!(rows.iter().any(|f| f.distinct_24h.iter().all(|n| *n >= 2)), "{label}: distinct countries, devices and IPs");
+        // A late payment corrected the features of later ones: some row was retracted
+        // while its payment stayed.
+        let corrected = updates.iter().any(|(row, t, d)| {
+            *d < 0 && matches!(row, ViewRow::FraudFeatures(f) if updates.iter().any(|(r2, t2, d2)| t2 == t && *d2 > 0 && matches!(r2, ViewRow::FraudFeatures(g) if g.payment_id == f.payment_id)))
+        });
+        assert!(corrected, "{label}: a late payment corrected a later payment's features");
     }
 }

@@ -17,7 +17,8 @@ use crate::config::RunArgs;
 use crate::driver::Update;
 
 /// The view names, in output order.
-pub const VIEW_NAMES: [&str; 5] = ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects"];
+pub const VIEW_NAMES: [&str; 9] =
+    ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features"];
 
 /// Open output files and the state behind `--views-out`.
 pub struct Outputs {
@@ -155,5 +156,15 @@ pub fn row_json(row: &ViewRow) -> Value {
         }
         ViewRow::ClvModel(m) => value(m),
         ViewRow::CustomerClv(c) => value(c),
+        ViewRow::FraudFeatures(f) => merge(
+            value(f),
+            json!({
+                "prior_mean_cents": f.prior_mean_cents(),
+                "prior_std_cents": f.prior_std_cents(),
+                "amount_z": f.amount_z(),
+                "amount_ratio": f.amount_ratio(),
+                "geo_velocity_kmh": f.geo_velocity_kmh(),
+            }),
+        ),
     }
 }

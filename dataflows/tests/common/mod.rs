@@ -47,9 +47,13 @@ pub fn random_records(seed: u64, n: usize) -> Vec<(RawRecord, Time)> {
 /// customer histories need).
 pub fn random_records_scaled(seed: u64, n: usize, scale: i64) -> Vec<(RawRecord, Time)> {
     let mut rng = SmallRng::seed_from_u64(seed);
+    // Payment details come from their own stream, so that the rest of the mix is the
+    // same as without them.
+    let mut pay = SmallRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut out: Vec<(RawRecord, Time)> = Vec::with_capacity(n);
     let mut clock = BASE_MS + 600_000;
     let mut next_id = 0u64;
+    let mut last_payment: Option<i64> = None;
     let types = ["page_view", "product_view", "product_view", "add_to_cart", "remove_from_cart", "checkout", "purchase", "purchase", "refund", "payment"];
     for position in 0..n as u64 {
         clock += scale * rng.random_range(0..120_000);
@@ -73,14 +77,23 @@ pub fn random_records_scaled(seed: u64, n: usize, scale: i64) -> Vec<(RawRecord,
                 93..97 => rng.random_range(7_200_000..10_800_000),
                 _ => -rng.random_range(0..7_200_000),
             };
-            let ts = clock - scale * lag;
+            let mut ts = clock - scale * lag;
             next_id += 1;
+            let user = rng.random_range(0..6);
+            let kind = if roll < 0.20 { "retraction" } else { types[rng.random_range(0..types.len())] };
+            if kind == "payment" {
+                // A card charged again seconds after its last payment (a burst), at times
+                // before or after the payments already delivered.
+                if let Some(last) = last_payment.filter(|_| pay.random_bool(0.4)) {
+                    ts = last + pay.random_range(-20_000..40_000);
+                }
+                last_payment = Some(ts);
+            }
             let mut fields = vec![
                 format!(r#""event_id":"e{next_id}""#),
                 format!(r#""event_ts":"{}""#, format_timestamp(ts)),
-                format!(r#""user_id":"u{}""#, rng.random_range(0..6)),
+                format!(r#""user_id":"u{user}""#),
             ];
-            let kind = if roll < 0.20 { "retraction" } else { types[rng.random_range(0..types.len())] };
             fields.push(format!(r#""event_type":"{kind}""#));
             if kind == "retraction" || roll < 0.25 {
                 fields.push(format!(r#""retracts":"e{}""#, rng.random_range(1..next_id + 3)));
@@ -98,10 +111,29 @@ pub fn random_records_scaled(seed: u64, n: usize, scale: i64) -> Vec<(RawRecord,
                 fields.push(format!(r#""order_id":"o{}""#, rng.random_range(0..6)));
             }
             if rng.random_bool(0.6) {
-                fields.push(format!(r#""geo":{{"country":"{}","lat":48.1,"lon":11.5}}"#, ["DE", "FR", "PL"][rng.random_range(0..3)]));
+                let country = ["DE", "FR", "PL"][rng.random_range(0..3)];
+                // Payments move about (for geo-velocity); other events stay put.
+                let (lat, lon) = if kind == "payment" { (pay.random_range(-60.0..60.0), pay.random_range(-170.0..170.0)) } else { (48.1, 11.5) };
+                fields.push(format!(r#""geo":{{"country":"{country}","lat":{lat:.4},"lon":{lon:.4}}}"#));
+            }
+            if kind == "payment" {
+                if pay.random_bool(0.9) {
+                    fields.push(format!(r#""card_id":"k{}""#, pay.random_range(0..3)));
+                }
+                if pay.random_bool(0.8) {
+                    fields.push(format!(r#""billing_country":"{}""#, ["DE", "FR"][pay.random_range(0..2)]));
+                }
+                if pay.random_bool(0.8) {
+                    fields.push(format!(r#""ip":"10.0.0.{}""#, pay.random_range(0..4)));
+                }
             }
             if rng.random_bool(0.6) {
-                fields.push(format!(r#""device":{{"os":"{}","mobile":true}}"#, ["ios", "android"][rng.random_range(0..2)]));
+                let os = ["ios", "android"][rng.random_range(0..2)];
+                if kind == "payment" && pay.random_bool(0.7) {
+                    fields.push(format!(r#""device":{{"os":"{os}","mobile":true,"device_id":"d{}"}}"#, pay.random_range(0..4)));
+                } else {
+                    fields.push(format!(r#""device":{{"os":"{os}","mobile":true}}"#));
+                }
             }
             if rng.random_bool(0.5) {
                 fields.push(format!(r#""utm":{{"source":"{}"}}"#, ["google", "mail"][rng.random_range(0..2)]));

@@ -4,6 +4,7 @@
 use tidemark_dataflows::clv::dataflow::Single;
 use tidemark_dataflows::clv::{ClvModel, ClvRow, Real, RfmRow, DAY_MS};
 use tidemark_dataflows::decode::Reject;
+use tidemark_dataflows::fraud::FraudFeatures;
 use tidemark_dataflows::rows::{FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use tidemark_proto::v1::{Column, ColumnType, Row, Value, ViewInfo};
 use tidemark_proto::value;
@@ -69,11 +70,13 @@ pub mod index {
     pub const CLV_MODEL: usize = 6;
     /// `customer_clv`.
     pub const CUSTOMER_CLV: usize = 7;
+    /// `fraud_features`.
+    pub const FRAUD_FEATURES: usize = 8;
 }
 
 /// Every served view, in [`index`] order.
 pub fn schemas() -> Vec<Schema> {
-    use ColumnType::{Bytes, Double, Int64, String as Text, TimestampMs};
+    use ColumnType::{Bool, Bytes, Double, Int64, String as Text, TimestampMs};
     let sessions = [
         col("user_id", Text, false, "the user"),
         col("session_id", Text, false, "the shop's session id, or derived:<start ms>"),
@@ -188,7 +191,65 @@ pub fn schemas() -> Vec<Schema> {
             key_columns: 1,
             routing_columns: 1,
         },
+        Schema {
+            name: "fraud_features",
+            description: "per payment with a card: what the card did before it (by event time, never later payments)",
+            columns: [
+                col("card_id", Text, false, "the card"),
+                col("event_ts", TimestampMs, false, "event time of the payment"),
+                col("payment_id", Text, false, "the payment's event id"),
+                col("user_id", Text, false, "the paying user"),
+                col("amount_cents", Int64, false, ""),
+            ]
+            .into_iter()
+            .chain(["1m", "10m", "1h", "24h"].map(|w| col(&format!("count_{w}"), Int64, false, "earlier payments of the card in the window")))
+            .chain(["1m", "10m", "1h", "24h"].map(|w| col(&format!("sum_cents_{w}"), Int64, false, "their amounts")))
+            .chain(["countries", "devices", "ips"].map(|d| col(&format!("distinct_{d}_24h"), Int64, false, "among the card's payments of the last 24 h, this one included")))
+            .chain([
+                col("prior_count", Int64, false, "earlier payments of the card within the retention horizon"),
+                col("prior_mean_cents", Double, true, "their mean amount"),
+                col("prior_std_cents", Double, true, "their standard deviation"),
+                col("amount_z", Double, true, "(amount - mean) / deviation; needs two earlier payments"),
+                col("amount_ratio", Double, true, "amount / earlier mean"),
+                col("since_prev_ms", Int64, true, "time since the card's previous payment"),
+                col("geo_velocity_kmh", Double, true, "distance from the previous payment's location over the time between (at least 1 s)"),
+                col("new_device", Bool, false, "a device the card never used before"),
+                col("new_country", Bool, false, "a country the card was never used in before"),
+                col("country_mismatch", Bool, false, "billing country differs from the payment's country"),
+            ])
+            .collect(),
+            key_columns: 3,
+            routing_columns: 1,
+        },
     ]
+}
+
+/// A `fraud_features` row.
+pub fn fraud_row(_: &u64, f: &FraudFeatures) -> Row {
+    let double = |v: Option<f64>| v.map_or_else(value::null, value::double);
+    let mut values = vec![
+        value::string(&f.card_id),
+        value::timestamp_ms(f.event_ts),
+        value::string(&f.payment_id),
+        value::string(&f.user_id),
+        value::int64(f.amount_cents),
+    ];
+    values.extend(f.counts.map(|c| value::int64(i64::from(c))));
+    values.extend(f.sums_cents.map(value::int64));
+    values.extend(f.distinct_24h.map(|c| value::int64(i64::from(c))));
+    values.extend([
+        value::int64(f.prior_count as i64),
+        double(f.prior_mean_cents()),
+        double(f.prior_std_cents()),
+        double(f.amount_z()),
+        double(f.amount_ratio()),
+        f.since_prev_ms.map_or_else(value::null, value::int64),
+        double(f.geo_velocity_kmh()),
+        value::boolean(f.new_device),
+        value::boolean(f.new_country),
+        value::boolean(f.country_mismatch),
+    ]);
+    Row { values }
 }
 
 fn real_or_null(v: Option<Real>) -> Value {
@@ -306,6 +367,20 @@ mod tests {
         assert_eq!(clv_model_row(&Single, &model).values.len(), schemas[index::CLV_MODEL].columns.len());
         let clv = ClvRow::new(&rfm, &model, &Default::default());
         assert_eq!(clv_row(&0, &clv).values.len(), schemas[index::CUSTOMER_CLV].columns.len());
+        let payment = tidemark_dataflows::fraud::Payment {
+            event_ts: 0,
+            event_id: "p".into(),
+            card_id: "c".into(),
+            user_id: "u".into(),
+            amount_cents: 1,
+            device: None,
+            country: None,
+            ip: None,
+            location: None,
+            billing_country: None,
+        };
+        let features = tidemark_dataflows::fraud::card_features(&[&payment]);
+        assert_eq!(fraud_row(&0, &features[0]).values.len(), schemas[index::FRAUD_FEATURES].columns.len());
         for (i, s) in schemas.iter().enumerate() {
             assert!(s.routing_columns <= s.key_columns && s.key_columns <= s.columns.len(), "view {i}");
         }
