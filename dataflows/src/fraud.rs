@@ -223,8 +223,8 @@ pub fn card_features(payments: &[&Payment]) -> Vec<FraudFeatures> {
             new_country: i > 0 && p.country.as_deref().is_some_and(|c| !seen_countries.contains(c)),
             country_mismatch: matches!((&p.billing_country, &p.country), (Some(b), Some(c)) if b != c),
         });
-        for w in 0..4 {
-            sums[w] += p.amount_cents;
+        for sum in &mut sums {
+            *sum += p.amount_cents;
         }
         prior_sum += p.amount_cents;
         prior_sq += i128::from(p.amount_cents) * i128::from(p.amount_cents);
