@@ -229,11 +229,15 @@ impl Reference {
                         history.push((time, None));
                     }
                 } else if policy.due(time, last_fit, changed, customers as u64) {
-                    fits += 1;
-                    let model = ClvModel::fit(&inputs, fits, time);
+                    let model = ClvModel::fit(&inputs, fits + 1, time);
                     (changed, last_fit) = (0, Some(time));
-                    current = Some(model.clone());
-                    history.push((time, Some(model)));
+                    // A failed fit after a failed fit keeps the current version.
+                    let failed = |m: &ClvModel| m.bg_nbd.is_none() && m.gamma_gamma.is_none();
+                    if !(failed(&model) && current.as_ref().is_some_and(failed)) {
+                        fits += 1;
+                        current = Some(model.clone());
+                        history.push((time, Some(model)));
+                    }
                 }
                 before = inputs;
             }

@@ -367,7 +367,8 @@ impl ModelInput {
 /// A fitted pair of models, versioned.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClvModel {
-    /// Counts fits, from 1.
+    /// Counts the fits that changed the model, from 1 (a failed fit after a failed fit
+    /// keeps the version).
     pub version: u64,
     /// The ingestion time of the data it was fitted on.
     pub fitted_at: Time,
@@ -419,6 +420,11 @@ impl ClvModel {
             gamma_gamma_log_likelihood: gg.map(|f| Real(f.log_likelihood)),
             error: (!error.is_empty()).then(|| error.join("; ")),
         }
+    }
+
+    /// Whether neither model could be fitted.
+    pub fn unfitted(&self) -> bool {
+        self.bg_nbd.is_none() && self.gamma_gamma.is_none()
     }
 
     /// The BG/NBD parameters, if fitted.
@@ -494,7 +500,7 @@ pub struct ModelState {
     pub last_fit: Option<Time>,
     /// The current model.
     pub current: Option<ClvModel>,
-    /// Fits so far (versions never repeat, even after the population was empty).
+    /// Versions given so far (they never repeat, even after the population was empty).
     pub fits: u64,
 }
 
@@ -534,10 +540,15 @@ impl ModelState {
         if !policy.due(time, self.last_fit, self.changed, self.customers as u64) {
             return None;
         }
-        self.fits += 1;
-        let new = ClvModel::fit(&self.inputs, self.fits, time);
+        let new = ClvModel::fit(&self.inputs, self.fits + 1, time);
         self.changed = 0;
         self.last_fit = Some(time);
+        if self.current.as_ref().is_some_and(|old| old.unfitted() && new.unfitted()) {
+            // Another failed fit changes no prediction: keep the current version, so that
+            // `customer_clv` is not rewritten for nothing.
+            return None;
+        }
+        self.fits += 1;
         let old = self.current.replace(new.clone());
         Some((old, Some(new)))
     }
