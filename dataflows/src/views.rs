@@ -22,6 +22,9 @@
 //!    need no separate `distinct`); `kpis`; and `rejected_by_reason` over all rejects.
 //!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
 //!    `count_total`.
+//! 5. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
+//!    ([`crate::clv`]), and `fraud_features` ([`crate::fraud`]), over the same valid
+//!    events.
 //!
 //! Every view below is a collection of rows at ingestion times ([`Time`], ms on a tick).
 //! A diff of `+1` means the row is in the view from that time on, `-1` that it leaves;
