@@ -53,6 +53,19 @@ pub struct QueryArgs {
     /// Client-side deadline of one lookup (ms).
     #[arg(long, env = "TIDEMARK_LOAD_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// The view looked up: by user (`sessions`, `customer_rfm`, `customer_clv`) or by card
+    /// (`fraud_features`, the cards of the population's payments).
+    #[arg(long, env = "TIDEMARK_LOAD_VIEW", default_value = "sessions")]
+    pub view: String,
+}
+
+/// The field of generated events a view is looked up by.
+fn key_field(view: &str) -> anyhow::Result<&'static str> {
+    match view {
+        "sessions" | "customer_rfm" | "customer_clv" => Ok("user_id"),
+        "fraud_features" => Ok("card_id"),
+        other => anyhow::bail!("--view {other:?}: lookups are by user (sessions, customer_rfm, customer_clv) or by card (fraud_features)"),
+    }
 }
 
 #[derive(Default)]
@@ -103,23 +116,39 @@ impl Recorder {
     }
 }
 
-/// The users of a generated event (`"user_id":"u123"`), if it has one.
+/// The user of a generated event (`"user_id":"u123"`), if it has one.
+#[cfg(test)]
 pub fn user_of(event: &[u8]) -> Option<&str> {
-    const FIELD: &[u8] = b"\"user_id\":\"";
-    let start = event.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    text_field(event, "user_id")
+}
+
+/// A top-level text field of a generated event (`"<name>":"<text>"`), if present and
+/// not empty.
+fn text_field<'a>(event: &'a [u8], name: &str) -> Option<&'a str> {
+    let field = format!("\"{name}\":\"");
+    let field = field.as_bytes();
+    let start = event.windows(field.len()).position(|w| w == field)? + field.len();
     let len = event[start..].iter().position(|&b| b == b'"')?;
     std::str::from_utf8(&event[start..start + len]).ok().filter(|u| !u.is_empty())
 }
 
+/// The key a view is looked up by in a generated event: its user, or a payment's card.
+fn key_of_event<'a>(event: &'a [u8], field: &str) -> Option<&'a str> {
+    if field == "card_id" && text_field(event, "event_type") != Some("payment") {
+        return None;
+    }
+    text_field(event, field)
+}
+
 /// Ingests `n` events from `generator` as fast as they are acknowledged, waits until
 /// they are visible, and returns their users.
-async fn populate(client: &mut TidemarkClient<Channel>, generator: &mut Generator, n: u64, batch: usize) -> anyhow::Result<Vec<String>> {
+async fn populate(client: &mut TidemarkClient<Channel>, generator: &mut Generator, n: u64, batch: usize, field: &str) -> anyhow::Result<Vec<String>> {
     let started = Instant::now();
     let mut users = HashSet::new();
     let mut requests = Vec::new();
     for size in crate::pacing::split(n, batch) {
         let events: Vec<Vec<u8>> = (0..size).map(|_| generator.next_record().record.bytes).collect();
-        users.extend(events.iter().filter_map(|e| user_of(e)).map(str::to_owned));
+        users.extend(events.iter().filter_map(|e| key_of_event(e, field)).map(str::to_owned));
         requests.push(IngestRequest { events });
     }
     let count = requests.len();
@@ -135,7 +164,7 @@ async fn populate(client: &mut TidemarkClient<Channel>, generator: &mut Generato
     client.query(probe).await.context("waiting for the population to become visible")?;
     let mut users: Vec<String> = users.into_iter().collect();
     users.sort();
-    eprintln!("[query] population: {n} events of {} users ingested and visible in {:.1} s", users.len(), started.elapsed().as_secs_f64());
+    eprintln!("[query] population: {n} events, {} distinct {field} values, ingested and visible in {:.1} s", users.len(), started.elapsed().as_secs_f64());
     Ok(users)
 }
 
@@ -157,8 +186,16 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let span_ms = (args.population.saturating_mul(1000) / rate) as i64;
     let config = GeneratorConfig { seed: c.seed, start_ms: now_ms() as i64 - span_ms, events_per_sec: rate, users: c.users, ..GeneratorConfig::clean() };
     let mut generator = Generator::new(config, 0, 1);
-    let users = Arc::new(populate(&mut client, &mut generator, args.population, c.max_batch).await?);
-    anyhow::ensure!(!users.is_empty(), "the population has no users");
+    let field = key_field(&args.view)?;
+    anyhow::ensure!(args.range_fraction == 0.0 || args.view == "sessions", "--range-fraction is for sessions only");
+    let users = Arc::new(populate(&mut client, &mut generator, args.population, c.max_batch, field).await?);
+    anyhow::ensure!(
+        !users.is_empty(),
+        "the population has no {field} values to look up (payments come minutes into a session: a population of {} events at {} events/s spans {} s of simulated time; raise --population or lower --ingest-rate)",
+        args.population,
+        rate,
+        span_ms / 1000
+    );
 
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(c.warmup);
@@ -237,7 +274,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     while let Some((i, intended)) = released.recv().await {
         let slot = slots.clone().acquire_owned().await.expect("the semaphore stays open");
         recorder.lock().dispatched += 1;
-        let (mut client, recorder, users) = (client.clone(), recorder.clone(), users.clone());
+        let (mut client, recorder, users, view) = (client.clone(), recorder.clone(), users.clone(), args.view.clone());
         let seed = c.seed;
         tokio::spawn(async move {
             let user = &users[(pick(seed, i) % users.len() as u64) as usize];
@@ -246,7 +283,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
                 let range = KeyRange { lower: vec![value::string(user)], upper: vec![value::string(&format!("{user}~"))] };
                 QueryRequest { view: "sessions".into(), range: Some(range), limit: 1000, ..Default::default() }
             } else {
-                QueryRequest { view: "sessions".into(), key: vec![value::string(user)], ..Default::default() }
+                QueryRequest { view, key: vec![value::string(user)], ..Default::default() }
             };
             let mut request = tonic::Request::new(query);
             request.set_timeout(timeout);
@@ -274,7 +311,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let achieved_ingest = acked_ingest as f64 / seconds;
     let ingest_saturated = args.ingest_rate > 0 && (acked_ingest as f64) < 0.95 * offered_ingest as f64;
     let ingest_errors = counters.errors();
-    eprintln!("[query] lookups (point, sessions by user): {lookups}");
+    eprintln!("[query] lookups (point, {} by {}): {lookups}", args.view, key_field(&args.view).unwrap_or("key"));
     if args.range_fraction > 0.0 {
         eprintln!("[query] range scans: {ranges}");
     }
@@ -286,6 +323,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     );
     let mut fields = vec![
         ("test".to_owned(), Json::Str("query".into())),
+        ("view".to_owned(), Json::Str(args.view.clone())),
         ("qps".to_owned(), Json::Int(args.qps)),
         ("concurrency".to_owned(), Json::Int(args.concurrency as u64)),
         ("duration_s".to_owned(), Json::Int(c.duration)),
@@ -318,5 +356,11 @@ mod tests {
         assert_eq!(user_of(br#"{"event_id":"e1","user_id":""}"#), None);
         assert_eq!(user_of(br#"{"event_id":"e1","user_id":{"id":4}}"#), None);
         assert_eq!(user_of(br#"{"event_id":"e1"}"#), None);
+        let payment = br#"{"event_id":"e1","event_type":"payment","user_id":"u1","card_id":"c9"}"#;
+        assert_eq!(super::key_of_event(payment, "card_id"), Some("c9"));
+        let refund = br#"{"event_id":"e2","event_type":"refund","user_id":"u1","card_id":"c9"}"#;
+        assert_eq!(super::key_of_event(refund, "card_id"), None, "cards are looked up by their payments");
+        assert_eq!(super::key_of_event(refund, "user_id"), Some("u1"));
+        assert!(super::key_field("fraud_features").is_ok() && super::key_field("kpis").is_err());
     }
 }
