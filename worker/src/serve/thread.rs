@@ -91,6 +91,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
     let local = worker.index() % ctx.threads;
     ctx.commands.register();
     let tick = ctx.config.tick_ms.max(1);
+    let dataflow = worker.next_dataflow_index();
     let (mut input, mut views) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
         let v = build(records, &ctx.config);
@@ -246,5 +247,9 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
             reply(ThreadReply::Frontier { thread: local, upper, since });
         }
     }
+    // Closing the input would let the dataflow run on to completion: every future expiry
+    // released and processed, minutes of work after a long run. Nothing reads the views
+    // any more, so the dataflow is dropped instead.
     drop(input);
+    worker.drop_dataflow(dataflow);
 }
