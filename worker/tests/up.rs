@@ -23,17 +23,30 @@ fn json_lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
+/// Kills the child if the test ends before stopping it (a failed assertion), so that no
+/// `tidemark up` outlives a failed run.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn up_serves_the_generated_views_to_the_cli() {
     let ports = free_ports(2);
     let target = format!("http://127.0.0.1:{}", ports[0]);
-    let up = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let mut up = Running(Some(Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(["up", "-q", "--rate", "500", "--users", "400000", "--listen", &format!("127.0.0.1:{}", ports[0])])
         .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[1])])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the tidemark binary starts");
+        .expect("the tidemark binary starts")));
 
     // Wait until events have flowed into the views.
     let start = Instant::now();
@@ -99,9 +112,10 @@ fn up_serves_the_generated_views_to_the_cli() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a int64"), "{}", String::from_utf8_lossy(&output.stderr));
 
     // SIGTERM stops it gracefully.
-    let killed = Command::new("kill").args(["-TERM", &up.id().to_string()]).status().expect("kill runs");
+    let child = up.0.take().expect("still running");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(killed.success());
-    let output = wait_with_timeout(up, Duration::from_secs(20), "tidemark up after SIGTERM");
+    let output = wait_with_timeout(child, Duration::from_secs(20), "tidemark up after SIGTERM");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Tidemark is up") && stderr.trim_end().ends_with("stopped"), "{stderr}");
