@@ -23,7 +23,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventType, Text};
-use crate::rows::key_of;
+use crate::rows::{group_by_id, key_of};
 use crate::time::{Millis, Time};
 use crate::views::{arrange_routed, push_keyed, ViewArrangement};
 
@@ -241,11 +241,7 @@ fn values(q: &Payment) -> [Option<&str>; 3] {
 
 /// The features of the payments under one arrangement key, card by card.
 fn features_by_card(payments: &[&Payment]) -> Vec<FraudFeatures> {
-    let mut by_card: BTreeMap<&str, Vec<&Payment>> = BTreeMap::new();
-    for &p in payments {
-        by_card.entry(&p.card_id).or_default().push(p);
-    }
-    by_card.into_values().flat_map(|p| card_features(&p)).collect()
+    group_by_id(payments.iter().copied(), |p| &p.card_id).into_iter().flat_map(|p| card_features(&p)).collect()
 }
 
 /// `fraud_features`: key [`key_of`] the card id, row [`FraudFeatures`], one row per live

@@ -232,8 +232,7 @@ impl Reference {
                     let model = ClvModel::fit(&inputs, fits + 1, time);
                     (changed, last_fit) = (0, Some(time));
                     // A failed fit after a failed fit keeps the current version.
-                    let failed = |m: &ClvModel| m.bg_nbd.is_none() && m.gamma_gamma.is_none();
-                    if !(failed(&model) && current.as_ref().is_some_and(failed)) {
+                    if !(model.unfitted() && current.as_ref().is_some_and(ClvModel::unfitted)) {
                         fits += 1;
                         current = Some(model.clone());
                         history.push((time, Some(model)));

@@ -149,11 +149,18 @@ impl From<&Arc<Event>> for SessionEvent {
 ///
 /// `events` must be sorted as differential presents reduce inputs (see [`sessionize`]).
 pub fn sessionize_users(events: &[&SessionEvent]) -> Vec<SessionRow> {
-    let mut by_user: std::collections::BTreeMap<&str, Vec<&SessionEvent>> = std::collections::BTreeMap::new();
-    for &e in events {
-        by_user.entry(&e.event.user_id).or_default().push(e);
+    group_by_id(events.iter().copied(), |e| &e.event.user_id).into_iter().flat_map(|events| sessionize(&events)).collect()
+}
+
+/// The values under one arrangement key (a [`key_of`] hash), grouped by the real id each
+/// belongs to, in id order; a group keeps the values' order. Ids that share a hash share
+/// a key but never a group.
+pub fn group_by_id<'a, T: ?Sized>(values: impl IntoIterator<Item = &'a T>, id: impl for<'b> Fn(&'b T) -> &'b str) -> Vec<Vec<&'a T>> {
+    let mut groups: std::collections::BTreeMap<&'a str, Vec<&'a T>> = std::collections::BTreeMap::new();
+    for v in values {
+        groups.entry(id(v)).or_default().push(v);
     }
-    by_user.into_values().flat_map(|events| sessionize(&events)).collect()
+    groups.into_values().collect()
 }
 
 /// Splits one user's events into sessions.

@@ -266,7 +266,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         .clone()
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
             "Reduce: sessions by user",
-            |_key, input, output| output.extend(sessionize_users(&session_events(input)).into_iter().map(|s| (s, 1))),
+            |_key, input, output| output.extend(sessionize_users(&expanded(input).collect::<Vec<_>>()).into_iter().map(|s| (s, 1))),
             push_keyed,
         );
     // Each user's funnel contribution, from the user's sessions: a reduce emits only what
@@ -276,10 +276,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         .clone()
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
             "Reduce: funnel contribution by user",
-            |_key, input, output| {
-                let sessions = input.iter().flat_map(|(s, n)| std::iter::repeat_n(*s, (*n).max(0) as usize));
-                output.extend(user_funnel(sessions))
-            },
+            |_key, input, output| output.extend(user_funnel(expanded(input))),
             push_keyed,
         )
         .as_collection(|_, contribution| contribution.clone())
@@ -433,13 +430,10 @@ fn dedup(_key: &u64, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize
     }
 }
 
-/// A user's events, with multiplicities expanded, in reduce order.
-fn session_events<'a>(input: &[(&'a SessionEvent, isize)]) -> Vec<&'a SessionEvent> {
-    let mut events = Vec::with_capacity(input.len());
-    for (e, count) in input {
-        events.extend(std::iter::repeat_n(*e, (*count).max(0) as usize));
-    }
-    events
+/// A reduce's input values with multiplicities expanded (a value of count `n` appears `n`
+/// times), in reduce order.
+pub(crate) fn expanded<'a, T>(input: &'a [(&'a T, isize)]) -> impl Iterator<Item = &'a T> + 'a {
+    input.iter().flat_map(|(v, n)| std::iter::repeat_n(*v, (*n).max(0) as usize))
 }
 
 /// Keys a reduce's output values (the `push` half of `reduce_abelian`).

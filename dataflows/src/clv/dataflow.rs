@@ -29,7 +29,7 @@ use super::{summarize_users, ClvConfig, ClvModel, ClvRow, Context, CustomerSumma
 use crate::event::Event;
 use crate::rows::{key_of, Route};
 use crate::time::Time;
-use crate::views::{arrange_routed, push_keyed, ViewArrangement};
+use crate::views::{arrange_routed, expanded, push_keyed, ViewArrangement};
 
 /// The key of a view with a single row (`clv_model`), placed on worker 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -71,10 +71,7 @@ pub fn build<'scope>(events: VecCollection<'scope, Time, Arc<Event>>, config: &C
     let txns = arrange_routed(events.flat_map(|e| Txn::of(&e).map(|t| (key_of(&t.user_id), t))), "Arrange: transactions by customer");
     let summaries = txns.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, CustomerSummary, Time, isize>, _, _>(
         "Reduce: customer summaries",
-        move |_key, input, output| {
-            let txns = input.iter().flat_map(|(t, n)| std::iter::repeat_n(*t, (*n).max(0) as usize));
-            output.extend(summarize_users(txns, until).into_iter().map(|s| (s, 1)))
-        },
+        move |_key, input, output| output.extend(summarize_users(expanded(input), until).into_iter().map(|s| (s, 1))),
         push_keyed,
     );
 

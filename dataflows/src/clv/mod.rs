@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventType, Text};
+use crate::rows::group_by_id;
 use crate::time::{Millis, Time};
 use model::{BgNbd, ClvSettings, GammaGamma, PurchaseObs, SpendObs};
 
@@ -222,11 +223,7 @@ pub fn summarize<'a>(txns: impl IntoIterator<Item = &'a Txn>, until: Option<i64>
 /// Summaries of every customer among `txns` (which may mix customers that share an
 /// arrangement key), in customer order.
 pub fn summarize_users<'a>(txns: impl IntoIterator<Item = &'a Txn>, until: Option<i64>) -> Vec<CustomerSummary> {
-    let mut by_user: BTreeMap<&str, Vec<&Txn>> = BTreeMap::new();
-    for t in txns {
-        by_user.entry(&t.user_id).or_default().push(t);
-    }
-    by_user.into_values().filter_map(|t| summarize(t, until)).collect()
+    group_by_id(txns, |t| &t.user_id).into_iter().filter_map(|t| summarize(t, until)).collect()
 }
 
 /// A value in one of the RFM histograms (and the evaluation day's source).
