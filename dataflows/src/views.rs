@@ -361,8 +361,7 @@ fn hold_future<'scope, D: Clone + 'static>(
     name: &str,
 ) -> Stream<'scope, Time, Vec<(D, Time, isize)>> {
     stream.unary_frontier::<CapacityContainerBuilder<Vec<(D, Time, isize)>>, _, _, _>(Pipeline, name, |_, _| {
-        let mut pending: BTreeMap<Time, Vec<(D, Time, isize)>> = BTreeMap::new();
-        let mut held: Option<Capability<Time>> = None;
+        let mut pending = Pending::default();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(now) = cap.least().copied() else { return };
@@ -371,32 +370,66 @@ fn hold_future<'scope, D: Clone + 'static>(
                     if t <= now {
                         due.push((d, t, r));
                     } else {
-                        pending.entry(t).or_default().push((d, t, r));
+                        pending.push(&cap, t, (d, t, r));
                     }
                 }
                 if !due.is_empty() {
                     output.session(&cap.delayed(&now, 0)).give_iterator(due.into_iter());
                 }
-                if let Some(&first) = pending.keys().next() {
-                    if held.as_ref().is_none_or(|h| *h.time() > first) {
-                        held = Some(cap.delayed(&first, 0));
-                    }
-                }
             });
-            while let Some((&time, _)) = pending.first_key_value() {
-                if frontier.less_than(&time) {
-                    break;
-                }
-                let updates = pending.remove(&time).expect("the first key exists");
-                let cap = held.as_ref().expect("a capability is held while updates are pending").delayed(&time);
+            // Due once the frontier has reached their time.
+            while let Some((cap, _, updates)) = pending.pop_ready(|time| !frontier.less_than(time)) {
                 output.session(&cap).give_iterator(updates.into_iter());
             }
-            match (pending.keys().next(), &mut held) {
-                (Some(first), Some(h)) => h.downgrade(first),
-                _ => held = None,
-            }
+            pending.settle();
         }
     })
+}
+
+/// Updates stashed by time, behind one capability at the earliest stashed time: what an
+/// operator needs to emit at a time it has already seen once the frontier allows.
+pub(crate) struct Pending<D> {
+    by_time: BTreeMap<Time, Vec<D>>,
+    held: Option<Capability<Time>>,
+}
+
+impl<D> Default for Pending<D> {
+    fn default() -> Self {
+        Pending { by_time: BTreeMap::new(), held: None }
+    }
+}
+
+impl<D> Pending<D> {
+    /// Stashes `update` at `time` (not before `cap`'s time), holding a capability for it.
+    pub(crate) fn push(&mut self, cap: &timely::dataflow::operators::InputCapability<Time>, time: Time, update: D) {
+        // Earlier stashed times are covered by `held`; an earlier time than those came
+        // with this message, so `cap` may be delayed to it.
+        if self.held.as_ref().is_none_or(|h| *h.time() > time) {
+            self.held = Some(cap.delayed(&time, 0));
+        }
+        self.by_time.entry(time).or_default().push(update);
+    }
+
+    /// The earliest stashed time with its updates and a capability for it, if `ready`
+    /// says its time has come.
+    pub(crate) fn pop_ready(&mut self, ready: impl Fn(&Time) -> bool) -> Option<(Capability<Time>, Time, Vec<D>)> {
+        let (&time, _) = self.by_time.first_key_value()?;
+        if !ready(&time) {
+            return None;
+        }
+        let updates = self.by_time.remove(&time).expect("the first key exists");
+        let cap = self.held.as_ref().expect("a capability is held while updates are stashed").delayed(&time);
+        Some((cap, time, updates))
+    }
+
+    /// Moves the held capability to the earliest stashed time, or drops it (call after
+    /// popping).
+    pub(crate) fn settle(&mut self) {
+        match (self.by_time.keys().next(), &mut self.held) {
+            (Some(first), Some(h)) => h.downgrade(first),
+            _ => self.held = None,
+        }
+    }
 }
 
 /// The dedup reduce, for every id under one key: keep the first live delivery unless a

@@ -13,7 +13,6 @@
 //!    ingestion times only, never on how updates were batched.
 //! 5. `customer_clv` joins each worker's `customer_rfm` rows with the model.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::consolidation::consolidate;
@@ -23,13 +22,12 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
 
 use super::{summarize_users, ClvConfig, ClvModel, ClvRow, Context, CustomerSummary, Measure, ModelInput, ModelState, RfmRow, Txn};
 use crate::event::Event;
 use crate::rows::{key_of, Route};
 use crate::time::Time;
-use crate::views::{arrange_routed, expanded, push_keyed, ViewArrangement};
+use crate::views::{arrange_routed, expanded, push_keyed, Pending, ViewArrangement};
 
 /// The key of a view with a single row (`clv_model`), placed on worker 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -112,39 +110,24 @@ fn fit_model<'scope>(inputs: VecCollection<'scope, Time, ModelInput>, config: &C
             Exchange::new(|_: &(ModelInput, Time, isize)| 0u64),
             "Fit: clv_model",
             |_, _| {
-                let mut pending: BTreeMap<Time, Vec<(ModelInput, isize)>> = BTreeMap::new();
-                let mut held: Option<Capability<Time>> = None;
+                let mut pending = Pending::default();
                 let mut state = ModelState::default();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for (d, t, r) in data.drain(..) {
-                            pending.entry(t).or_default().push((d, r));
-                        }
-                        // Earlier pending times are covered by `held`; a new earliest time
-                        // came with this message, so `cap` may be delayed to it.
-                        if let Some(&first) = pending.keys().next() {
-                            if held.as_ref().is_none_or(|h| *h.time() > first) {
-                                held = Some(cap.delayed(&first, 0));
-                            }
+                            pending.push(&cap, t, (d, r));
                         }
                     });
-                    while let Some((&time, _)) = pending.first_key_value() {
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let mut updates = pending.remove(&time).expect("the first key exists");
+                    // A time's changes are complete once the frontier has passed it.
+                    while let Some((cap, time, mut updates)) = pending.pop_ready(|time| !frontier.less_equal(time)) {
                         consolidate(&mut updates);
                         let changes: Vec<(ModelInput, i64)> = updates.into_iter().map(|(d, r)| (d, r as i64)).collect();
                         if let Some((old, new)) = state.advance(time, &changes, &policy) {
-                            let cap = held.as_ref().expect("held while updates are pending").delayed(&time);
                             let mut session = output.session(&cap);
                             session.give_iterator(old.map(|m| (m, time, -1)).into_iter().chain(new.map(|m| (m, time, 1))));
                         }
                     }
-                    match (pending.keys().next(), &mut held) {
-                        (Some(first), Some(h)) => h.downgrade(first),
-                        _ => held = None,
-                    }
+                    pending.settle();
                 }
             },
         )
