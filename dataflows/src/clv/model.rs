@@ -303,17 +303,16 @@ fn log_add_exp(x: f64, y: f64) -> f64 {
     m + ((x - m).exp() + (y - m).exp()).ln()
 }
 
-/// A cost over log-parameters, for argmin.
-struct Objective<F> {
-    cost: F,
-}
+/// A cost over log-parameters, for argmin (borrowed, so that every restart can take one).
+#[derive(Clone, Copy)]
+struct Objective<'a>(&'a dyn Fn(&[f64]) -> f64);
 
-impl<F: Fn(&[f64]) -> f64> CostFunction for Objective<F> {
+impl CostFunction for Objective<'_> {
     type Param = Vec<f64>;
     type Output = f64;
 
     fn cost(&self, p: &Self::Param) -> Result<f64, ArgminError> {
-        let c = (self.cost)(p);
+        let c = (self.0)(p);
         // Nelder-Mead only compares costs: a point where the likelihood is undefined is
         // simply a bad point.
         Ok(if c.is_finite() { c } else { f64::MAX })
@@ -324,7 +323,6 @@ impl<F: Fn(&[f64]) -> f64> CostFunction for Objective<F> {
 /// a fresh simplex) until a restart improves the cost by less than 1e-13.
 fn minimise(model: &'static str, cost: impl Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, FitError> {
     let fail = |detail: String| FitError::Optimiser { model, detail };
-    let objective = Objective { cost };
     let mut best = start;
     let mut best_cost = f64::INFINITY;
     let mut step = 0.5;
@@ -336,14 +334,11 @@ fn minimise(model: &'static str, cost: impl Fn(&[f64]) -> f64, start: Vec<f64>) 
             simplex.push(vertex);
         }
         let solver = NelderMead::new(simplex).with_sd_tolerance(1e-13).map_err(|e| fail(e.to_string()))?;
-        let result = Executor::new(&objective, solver)
+        let result = Executor::new(Objective(&cost), solver)
             .configure(|state| state.max_iters(2_000))
             .run()
             .map_err(|e| fail(e.to_string()))?;
         let state = result.state();
-        if std::env::var_os("TIDEMARK_FIT_TRACE").is_some() {
-            eprintln!("{model}: restart after {} iterations, cost {}", state.get_iter(), state.get_best_cost());
-        }
         let (Some(param), cost) = (state.get_best_param(), state.get_best_cost()) else {
             return Err(fail("no best point".into()));
         };
@@ -361,15 +356,6 @@ fn minimise(model: &'static str, cost: impl Fn(&[f64]) -> f64, start: Vec<f64>) 
         return Err(fail(format!("ended at cost {best_cost}")));
     }
     Ok(best)
-}
-
-impl<F: Fn(&[f64]) -> f64> CostFunction for &Objective<F> {
-    type Param = Vec<f64>;
-    type Output = f64;
-
-    fn cost(&self, p: &Self::Param) -> Result<f64, ArgminError> {
-        (*self).cost(p)
-    }
 }
 
 #[cfg(test)]
