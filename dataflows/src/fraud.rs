@@ -14,6 +14,9 @@
 //!
 //! The dataflow: payments arranged by card, and one reduce per card that walks the
 //! card's payments in event-time order. Its output, keyed by the card, is the view.
+//! [`score`] maps every row to its `fraud_scores` row and keeps the alerts.
+
+pub mod score;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use crate::event::{Event, EventType, Text};
 use crate::rows::{group_by_id, key_of};
 use crate::time::{Millis, Time};
 use crate::views::{arrange_routed, push_keyed, ViewArrangement};
+pub use score::{FraudModel, FraudScore};
 
 /// The look-back windows of the count and amount features, in ms: 1 min, 10 min, 1 h, 24 h.
 pub const WINDOWS_MS: [Millis; 4] = [60_000, 600_000, 3_600_000, 86_400_000];
@@ -244,9 +248,32 @@ fn features_by_card(payments: &[&Payment]) -> Vec<FraudFeatures> {
     group_by_id(payments.iter().copied(), |p| &p.card_id).into_iter().flat_map(|p| card_features(&p)).collect()
 }
 
+/// The fraud views, each keyed by [`key_of`] the card id.
+pub struct FraudViews<'scope> {
+    /// `fraud_features`: one [`FraudFeatures`] row per live payment with a card.
+    pub features: ViewArrangement<'scope, u64, FraudFeatures>,
+    /// `fraud_scores`: one [`FraudScore`] row per `fraud_features` row.
+    pub scores: ViewArrangement<'scope, u64, FraudScore>,
+    /// `fraud_alerts`: the `fraud_scores` rows at or above the model's threshold.
+    pub alerts: ViewArrangement<'scope, u64, FraudScore>,
+}
+
+/// Builds `fraud_features`, `fraud_scores` and `fraud_alerts` over the valid events.
+pub fn build<'scope>(events: VecCollection<'scope, Time, Arc<Event>>, model: &FraudModel) -> FraudViews<'scope> {
+    let features = features(events);
+    let model = model.clone();
+    let scores = features.clone().as_collection(move |card, f| (*card, model.row(f)));
+    let alerts = scores.clone().filter(|(_, s)| s.alert);
+    FraudViews {
+        scores: arrange_routed(scores, "Arrange: fraud_scores"),
+        alerts: arrange_routed(alerts, "Arrange: fraud_alerts"),
+        features,
+    }
+}
+
 /// `fraud_features`: key [`key_of`] the card id, row [`FraudFeatures`], one row per live
 /// payment with a card.
-pub fn build<'scope>(events: VecCollection<'scope, Time, Arc<Event>>) -> ViewArrangement<'scope, u64, FraudFeatures> {
+fn features<'scope>(events: VecCollection<'scope, Time, Arc<Event>>) -> ViewArrangement<'scope, u64, FraudFeatures> {
     let payments = arrange_routed(events.flat_map(|e| Payment::of(&e).map(|p| (key_of(&p.card_id), p))), "Arrange: payments by card");
     payments.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, FraudFeatures, Time, isize>, _, _>(
         "Reduce: fraud features by card",

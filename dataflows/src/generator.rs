@@ -29,10 +29,16 @@
 //! late deliveries, records too old for the retention horizon, byte-identical
 //! re-deliveries, corrections and cancellations of earlier events, and malformed or
 //! invalid records. Every [`Generated`] record says what the engine should do with it
-//! ([`Expected`]), so tests can check decoding and the views against intent. (Labels for
-//! other ground truths, such as fraud, would join [`Generated`] the same way: users
-//! already have home addresses, devices and cards that a fraudulent session could
-//! contradict.)
+//! ([`Expected`]), so tests can check decoding and the views against intent.
+//!
+//! Fraud: after a configured fraction of sessions (`fraud_rate`; see there for impossible
+//! travel) the user's card falls into a fraudster's hands, and the generator delivers that incident's payments later,
+//! each labelled with its [`FraudPattern`] in [`Generated::fraud`] (see the variants for
+//! what each pattern does). Fraudulent payments are bare `payment` events, as from a
+//! payment API, with the victim's user id and card. Honest traffic has look-alikes on
+//! purpose: users spend a fraction of days (`travel_rate`) abroad with their phone, so
+//! a billing country that differs from the payment's, or a new country, is not proof;
+//! users switch between their two devices and cards, and carts vary tenfold in value.
 //!
 //! The user population is partitioned between parts (`user % parts == part`), each part has
 //! its own random stream derived from `(seed, part)`, and event, session and order ids
@@ -138,6 +144,15 @@ pub struct GeneratorConfig {
     /// Fraction of sessions whose events carry a `session_id` (the engine derives the
     /// others).
     pub session_id_rate: f64,
+    /// Fraction of sessions after which a fraud incident hits the user's card: card
+    /// testing, account takeover or an amount spike, each as likely; and, as well, twice
+    /// this fraction of the sessions that pay is followed by impossible travel (see
+    /// [`FraudPattern`]).
+    pub fraud_rate: f64,
+    /// Fraction of days a user spends abroad, in one city of another country, using their
+    /// phone there (honest traffic whose payments come from another country than the
+    /// card's billing country).
+    pub travel_rate: f64,
 }
 
 impl Default for GeneratorConfig {
@@ -155,14 +170,18 @@ impl Default for GeneratorConfig {
             correction_rate: 0.005,
             malformed_rate: 0.005,
             session_id_rate: 0.5,
+            fraud_rate: 0.002,
+            travel_rate: 0.02,
         }
     }
 }
 
 impl GeneratorConfig {
-    /// The defaults with every fault and lateness rate at zero: pure, valid traffic.
+    /// The defaults with every fault and lateness rate at zero, and no fraud: pure, valid,
+    /// honest traffic.
     pub fn clean() -> Self {
         GeneratorConfig {
+            fraud_rate: 0.0,
             late_rate: 0.0,
             too_late_rate: 0.0,
             duplicate_rate: 0.0,
@@ -197,6 +216,43 @@ pub enum Expected {
     Rejected(RejectReason),
 }
 
+/// A fraud pattern the generator injects: the label of a fraudulent payment. Each
+/// incident starts at the end of a session of the victim (for impossible travel, a
+/// session that ended with a payment) and uses the card that session used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FraudPattern {
+    /// A stolen card checked with 4 to 15 small payments ($1.00 to $9.99), 2 to 20 s
+    /// apart, from one new device and IP (abroad 60% of the time), 1 min to 3 h later;
+    /// half the time followed by a cash-out of 5 to 20 typical orders 1 to 15 min after.
+    CardTesting,
+    /// One payment of a typical order from a new device in a country at least 3,000 km
+    /// from where the victim just paid, 2 to 60 minutes after that payment.
+    ImpossibleTravel,
+    /// Account takeover: a new device in the victim's country (possibly another city)
+    /// pays 3 to 10 typical orders, once or twice within 10 minutes, 10 min to 6 h later.
+    AccountTakeover,
+    /// The victim's own device and address pay 8 to 40 typical orders, 10 min to 24 h
+    /// later (malware, or a family member).
+    AmountSpike,
+}
+
+impl FraudPattern {
+    /// Every pattern.
+    pub const ALL: [FraudPattern; 4] =
+        [FraudPattern::CardTesting, FraudPattern::ImpossibleTravel, FraudPattern::AccountTakeover, FraudPattern::AmountSpike];
+
+    /// The pattern's name (`card_testing`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FraudPattern::CardTesting => "card_testing",
+            FraudPattern::ImpossibleTravel => "impossible_travel",
+            FraudPattern::AccountTakeover => "account_takeover",
+            FraudPattern::AmountSpike => "amount_spike",
+        }
+    }
+}
+
 /// One generated record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generated {
@@ -208,6 +264,8 @@ pub struct Generated {
     /// of late deliveries, corrections and re-deliveries add up to at most three quarters
     /// of the retention period, so rounding `ingest_ms` up to a tick does not change them.
     pub expected: Expected,
+    /// For the first delivery of a fraudulent payment, its pattern.
+    pub fraud: Option<FraudPattern>,
 }
 
 /// Counters of a generator's simulation so far.
@@ -224,8 +282,10 @@ pub struct GeneratorStats {
     pub early_returns: u64,
     /// Session events delivered before they were due (all users are busy).
     pub early_advances: u64,
-    /// Deliveries waiting (late events, re-deliveries, corrections, refunds).
+    /// Deliveries waiting (late events, re-deliveries, corrections, refunds, fraud).
     pub pending_deliveries: u64,
+    /// Fraud incidents started (see [`FraudPattern`]); their payments come later.
+    pub fraud_incidents: u64,
 }
 
 /// A deterministic, partitioned traffic generator; see the module documentation.
@@ -259,6 +319,8 @@ pub struct Generator {
     due_deliveries: BinaryHeap<Reverse<(Millis, u64, u32)>>,
     seq: u64,
     active_target: usize,
+    /// The fraud label of the record being produced (set by its first delivery).
+    label: Option<FraudPattern>,
     next_event: u64,
     next_session: u64,
     next_order: u64,
@@ -285,6 +347,8 @@ impl Generator {
             ("correction_rate", config.correction_rate),
             ("malformed_rate", config.malformed_rate),
             ("session_id_rate", config.session_id_rate),
+            ("fraud_rate", config.fraud_rate),
+            ("travel_rate", config.travel_rate),
         ] {
             assert!((0.0..=1.0).contains(&rate), "{name} {rate} is not within 0..=1");
         }
@@ -330,6 +394,7 @@ impl Generator {
             due_deliveries: BinaryHeap::new(),
             seq: 0,
             active_target,
+            label: None,
             next_event: 0,
             next_session: 0,
             next_order: 0,
@@ -362,7 +427,8 @@ impl Generator {
         let (bytes, expected) = self.produce();
         self.k += 1;
         self.stats.records += 1;
-        Generated { record: RawRecord::json(position, bytes), ingest_ms: self.clock as u64, expected }
+        let fraud = self.label.take();
+        Generated { record: RawRecord::json(position, bytes), ingest_ms: self.clock as u64, expected, fraud }
     }
 
     /// Appends the next `n` records to `out`.
@@ -433,31 +499,30 @@ impl Generator {
         let user = local * self.parts + self.part;
         let profile = Profile::of(self.config.seed, user);
         let rng = &mut self.rng;
-        let device = usize::from(!rng.chance(0.85));
+        // A user abroad stays in one city of one country for the whole (UTC) day.
+        let trip = hash2(self.config.seed ^ 0x7472_6970, hash2(user, self.clock.div_euclid(DAY_MS) as u64));
+        let abroad = ((trip >> 11) as f64 / (1u64 << 53) as f64) < self.config.travel_rate;
+        // Abroad, users carry their phone.
+        let device = if abroad { usize::from(!OSES[usize::from(profile.os[0])].1) } else { usize::from(!rng.chance(0.85)) };
         let os = profile.os[device];
         let mobile = OSES[usize::from(os)].1;
-        let country = &COUNTRIES[usize::from(profile.country)];
         // Phones change address with every session; computers keep their home address.
-        let ip = if mobile {
-            let octet = country.ip_octets[rng.below(country.ip_octets.len() as u64) as usize];
-            (u32::from(octet) << 24) | (rng.next() as u32 & 0x00ff_ff00) | (1 + rng.below(254) as u32)
+        let (country, city, ip, (lat_e6, lon_e6)) = if abroad {
+            let n = COUNTRIES.len() as u64;
+            let country = ((u64::from(profile.country) + 1 + trip % (n - 1)) % n) as u8;
+            let cities = COUNTRIES[usize::from(country)].cities;
+            let city = ((trip >> 32) % cities.len() as u64) as u8;
+            let (_, lat, lon) = cities[usize::from(city)];
+            (country, city, random_ip(rng, country), (lat, lon))
+        } else if mobile {
+            (profile.country, profile.city, random_ip(rng, profile.country), (profile.lat_e6, profile.lon_e6))
         } else {
-            profile.home_ip
+            (profile.country, profile.city, profile.home_ip, (profile.lat_e6, profile.lon_e6))
         };
         let utm = weighted(UTMS.iter().map(|u| u.weight), rng.below(100)) as u8;
         let campaigns = UTMS[usize::from(utm)].campaigns.len() as u64;
         let campaign = if campaigns == 0 { 0 } else { rng.below(campaigns) as u8 };
-        let ctx = Ctx {
-            country: profile.country,
-            city: profile.city,
-            os,
-            utm,
-            campaign,
-            device: profile.device[device],
-            ip,
-            lat_e6: profile.lat_e6,
-            lon_e6: profile.lon_e6,
-        };
+        let ctx = Ctx { country, city, os, utm, campaign, device: profile.device[device], ip, lat_e6, lon_e6 };
         let session = rng.chance(self.config.session_id_rate).then(|| {
             self.next_session += 1;
             self.next_session - 1
@@ -468,6 +533,10 @@ impl Generator {
         let bounce = target_lines == 0 && rng.chance(BOUNCE_RATE);
         let views = if bounce { 0 } else { 1 + rng.geometric(0.7, 30) };
         let card = profile.card[usize::from(!rng.chance(0.92))];
+        // Impossible travel is drawn at the payment (it needs one); the others here.
+        const AFTER_ANY_SESSION: [FraudPattern; 3] = [FraudPattern::CardTesting, FraudPattern::AccountTakeover, FraudPattern::AmountSpike];
+        let incident = (self.config.fraud_rate > 0.0 && rng.chance(self.config.fraud_rate))
+            .then(|| AFTER_ANY_SESSION[rng.below(AFTER_ANY_SESSION.len() as u64) as usize]);
         let state = Session {
             local,
             user,
@@ -487,6 +556,8 @@ impl Generator {
             will_checkout: rng.chance(CHECKOUT_RATE),
             will_purchase: rng.chance(PURCHASE_RATE),
             order: 0,
+            billing: profile.country,
+            incident,
         };
         self.stats.sessions_started += 1;
         match self.free_sessions.pop() {
@@ -520,6 +591,12 @@ impl Generator {
             None => {
                 if on_top {
                     self.due_sessions.pop();
+                }
+                if let Some(pattern) = s.incident {
+                    self.fraud_incident(&s, pattern);
+                }
+                if s.phase == Phase::Payment && self.config.fraud_rate > 0.0 && self.rng.chance((2.0 * self.config.fraud_rate).min(1.0)) {
+                    self.fraud_incident(&s, FraudPattern::ImpossibleTravel);
                 }
                 self.free_sessions.push(slot);
                 let extra = self.rng.exponential(RETURN_EXTRA_MEAN_MS) as i64;
@@ -675,8 +752,8 @@ impl Generator {
                 ev.price = Some(total);
                 ev.order = Some(s.order);
                 ev.card = Some(s.card);
-                // Cards are billed to the user's home country, where clean sessions are.
-                ev.billing = Some(s.ctx.country);
+                // Cards are billed to the user's home country.
+                ev.billing = Some(s.billing);
                 ev.ip = true;
                 ev.latlon = true;
                 if self.rng.chance(REFUND_RATE) {
@@ -693,6 +770,71 @@ impl Generator {
                 }
                 (ev, None)
             }
+        }
+    }
+
+    /// Schedules the payments of a fraud incident on the card of session `s`, which has
+    /// just ended (see [`FraudPattern`]).
+    fn fraud_incident(&mut self, s: &Session, pattern: FraudPattern) {
+        self.stats.fraud_incidents += 1;
+        let rng = &mut self.rng;
+        let home = s.ctx;
+        // A fraudster's device: a new id, any system.
+        let stranger = |rng: &mut Rng, country: u8| {
+            let (city, ip, (lat_e6, lon_e6)) = somewhere_in(rng, country);
+            let os = rng.below(OSES.len() as u64) as u8;
+            Ctx { country, city, os, utm: 0, campaign: 0, device: rng.next(), ip, lat_e6, lon_e6 }
+        };
+        let mut payments: Vec<(Millis, Ctx, i64)> = Vec::new();
+        match pattern {
+            FraudPattern::CardTesting => {
+                let country = if rng.chance(0.6) { other_country(rng, s.billing) } else { s.billing };
+                let ctx = stranger(rng, country);
+                let mut at = self.clock + rng.range(MINUTE_MS, 3 * HOUR_MS);
+                for _ in 0..rng.range(4, 15) {
+                    payments.push((at, ctx, rng.range(100, 999)));
+                    at += rng.range(2_000, 20_000);
+                }
+                if rng.chance(0.5) {
+                    let amount = typical_order(rng, &self.catalog) * rng.range(5, 20);
+                    payments.push((at + rng.range(MINUTE_MS, 15 * MINUTE_MS), ctx, amount));
+                }
+            }
+            FraudPattern::ImpossibleTravel => {
+                let here = (home.lat_e6, home.lon_e6);
+                let far: Vec<u8> = (0..COUNTRIES.len() as u8)
+                    .filter(|&c| COUNTRIES[usize::from(c)].cities.iter().all(|&(_, lat, lon)| crate::fraud::haversine_km(here, (lat, lon)) >= 3_000.0))
+                    .collect();
+                let Some(&country) = far.get(rng.below(far.len() as u64) as usize) else { return };
+                let ctx = stranger(rng, country);
+                payments.push((self.clock + rng.range(2 * MINUTE_MS, HOUR_MS), ctx, typical_order(rng, &self.catalog)));
+            }
+            FraudPattern::AccountTakeover => {
+                let ctx = stranger(rng, s.billing);
+                let at = self.clock + rng.range(10 * MINUTE_MS, 6 * HOUR_MS);
+                payments.push((at, ctx, typical_order(rng, &self.catalog) * rng.range(3, 10)));
+                if rng.chance(0.5) {
+                    payments.push((at + rng.range(MINUTE_MS, 10 * MINUTE_MS), ctx, typical_order(rng, &self.catalog) * rng.range(3, 10)));
+                }
+            }
+            FraudPattern::AmountSpike => {
+                let at = self.clock + rng.range(10 * MINUTE_MS, 24 * HOUR_MS);
+                payments.push((at, home, typical_order(rng, &self.catalog) * rng.range(8, 40)));
+            }
+        }
+        for (at, ctx, amount) in payments {
+            let mut ev = Ev::bare(self.next_id(), EventType::Payment, at, s.user);
+            ev.ctx = ctx;
+            ev.ctx_mode = CtxMode::Full;
+            ev.price = Some(amount);
+            ev.order = Some(self.next_order);
+            self.next_order += 1;
+            ev.card = Some(s.card);
+            ev.billing = Some(s.billing);
+            ev.ip = true;
+            ev.latlon = true;
+            ev.fraud = Some(pattern);
+            self.schedule(at, Delivery::Emit(ev));
         }
     }
 
@@ -749,6 +891,7 @@ impl Generator {
     fn first_delivery(&mut self, ev: Ev) -> (Vec<u8>, Expected) {
         let bytes = self.writer.render(&ev, Bad::None).to_vec();
         let expected = self.expected_at(ev.ts, Expected::Accepted);
+        self.label = ev.fraud.filter(|_| expected == Expected::Accepted);
         if expected == Expected::Accepted {
             if self.rng.chance(self.config.duplicate_rate) {
                 let due = self.clock + self.rng.range(50, self.duplicate_max);
@@ -871,6 +1014,35 @@ impl Iterator for Generator {
     }
 }
 
+/// A random country other than `home`.
+fn other_country(rng: &mut Rng, home: u8) -> u8 {
+    let n = COUNTRIES.len() as u64;
+    ((u64::from(home) + 1 + rng.below(n - 1)) % n) as u8
+}
+
+/// A random IP address of a country.
+fn random_ip(rng: &mut Rng, country: u8) -> u32 {
+    let octets = COUNTRIES[usize::from(country)].ip_octets;
+    let octet = octets[rng.below(octets.len() as u64) as usize];
+    (u32::from(octet) << 24) | (rng.next() as u32 & 0x00ff_ff00) | (1 + rng.below(254) as u32)
+}
+
+/// A random city of a country, an address there, and a location near the city centre
+/// (micro-degrees).
+fn somewhere_in(rng: &mut Rng, country: u8) -> (u8, u32, (i32, i32)) {
+    let cities = COUNTRIES[usize::from(country)].cities;
+    let city = rng.below(cities.len() as u64) as u8;
+    let (_, lat, lon) = cities[usize::from(city)];
+    let jitter = |rng: &mut Rng| rng.range(-50_000, 50_000) as i32;
+    let location = (lat + jitter(rng), lon + jitter(rng));
+    (city, random_ip(rng, country), location)
+}
+
+/// The value of a typical order (1 to 3 popular products), cents.
+fn typical_order(rng: &mut Rng, catalog: &Catalog) -> i64 {
+    (0..rng.range(1, 3)).map(|_| i64::from(catalog.price[catalog.popular(rng) as usize])).sum()
+}
+
 // ---------------------------------------------------------------------------------------
 // Simulation state
 
@@ -908,6 +1080,10 @@ struct Session {
     will_checkout: bool,
     will_purchase: bool,
     order: u64,
+    /// The user's home country, where the cards are billed.
+    billing: u8,
+    /// The fraud incident that follows the session, if any.
+    incident: Option<FraudPattern>,
 }
 
 enum Delivery {
@@ -964,6 +1140,8 @@ struct Ev {
     latlon: bool,
     /// An original event, which may be corrected later.
     origin: bool,
+    /// The pattern of a fraudulent payment.
+    fraud: Option<FraudPattern>,
 }
 
 impl Ev {
@@ -987,6 +1165,7 @@ impl Ev {
             ip: false,
             latlon: false,
             origin: false,
+            fraud: None,
         }
     }
 }
@@ -1613,6 +1792,8 @@ fn push_hex(buf: &mut Vec<u8>, value: u64) {
 mod tests {
     use std::collections::{BTreeMap, HashMap, HashSet};
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::decode::decode;
     use crate::event::Event;
@@ -1872,6 +2053,60 @@ mod tests {
             }
         }
         assert!(returns > 1000, "users come back: {returns}");
+    }
+
+    #[test]
+    fn fraud_incidents_are_labelled_payments() {
+        let config = GeneratorConfig { events_per_sec: 20, users: 14_000, fraud_rate: 0.02, ..GeneratorConfig::default() };
+        let records = take(&config, 0, 1, 200_000);
+        let mut labelled: BTreeMap<FraudPattern, Vec<Event>> = BTreeMap::new();
+        let mut honest_abroad = 0;
+        let mut honest_payments: HashMap<Arc<str>, Vec<Event>> = HashMap::new();
+        for g in &records {
+            let Ok(e) = decode_one(&config, g) else {
+                assert_eq!(g.fraud, None, "a rejected record is not labelled");
+                continue;
+            };
+            let Some(pattern) = g.fraud else {
+                if e.event_type == EventType::Payment && g.expected == Expected::Accepted {
+                    let country = e.geo.as_ref().and_then(|g| g.country.clone());
+                    honest_abroad += usize::from(country != e.billing_country);
+                    honest_payments.entry(e.card_id.clone().expect("card")).or_default().push(e);
+                }
+                continue;
+            };
+            assert_eq!(g.expected, Expected::Accepted);
+            assert_eq!(e.event_type, EventType::Payment);
+            assert!(e.card_id.is_some() && e.billing_country.is_some() && e.ip.is_some(), "{e:?}");
+            let geo = e.geo.as_ref().expect("geo");
+            assert!(geo.lat_e6.is_some() && e.device.as_ref().and_then(|d| d.device_id.as_ref()).is_some());
+            labelled.entry(pattern).or_default().push(e);
+        }
+        // The victim paid 2 to 60 minutes before an impossible travel payment, at least
+        // 3,000 km (less the few km of jitter around a city) away. (The victim's payment
+        // may have been delivered late, so this is checked once all are read.)
+        for e in &labelled[&FraudPattern::ImpossibleTravel] {
+            let here = e.geo.as_ref().expect("geo");
+            let before = honest_payments.get(e.card_id.as_ref().expect("card")).map_or(&[][..], Vec::as_slice);
+            let victim = before.iter().find(|p| {
+                let there = p.geo.as_ref().expect("geo");
+                let km = crate::fraud::haversine_km((there.lat_e6.unwrap(), there.lon_e6.unwrap()), (here.lat_e6.unwrap(), here.lon_e6.unwrap()));
+                (2 * MINUTE_MS..=HOUR_MS).contains(&(e.event_ts - p.event_ts)) && km > 2_950.0
+            });
+            assert!(victim.is_some(), "no payment of the victim 2-60 min before {e:?}");
+        }
+        assert_eq!(labelled.keys().copied().collect::<Vec<_>>(), FraudPattern::ALL, "every pattern occurs");
+        assert!(honest_abroad > 0, "honest payments from abroad exist too");
+        let testing = &labelled[&FraudPattern::CardTesting];
+        let small = testing.iter().filter(|e| e.price_cents.unwrap() < 1000).count();
+        assert!(small * 10 >= testing.len() * 8, "card testing is mostly small amounts: {small} of {}", testing.len());
+        for e in &labelled[&FraudPattern::AmountSpike] {
+            assert!(e.price_cents.unwrap() >= 8 * 100, "a spike of 8 or more orders: {e:?}");
+        }
+        // No fraud without a fraud rate, and the honest traffic is the same as the
+        // stream's random choices allow: a zero rate draws nothing.
+        let honest = take(&GeneratorConfig { fraud_rate: 0.0, ..config.clone() }, 0, 1, 20_000);
+        assert!(honest.iter().all(|g| g.fraud.is_none()));
     }
 
     /// `cargo test -p tidemark-dataflows generator::tests::print_sample -- --ignored --nocapture`

@@ -99,6 +99,11 @@ impl Reference {
             add(ViewRow::CustomerRfm(row));
         }
         for row in fraud_features(&valid) {
+            let score = self.config.fraud.row(&row);
+            if score.alert {
+                add(ViewRow::FraudAlerts(score.clone()));
+            }
+            add(ViewRow::FraudScores(score));
             add(ViewRow::FraudFeatures(row));
         }
 

@@ -23,8 +23,8 @@
 //!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
 //!    `count_total`.
 //! 5. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
-//!    ([`crate::clv`]), and `fraud_features` ([`crate::fraud`]), over the same valid
-//!    events.
+//!    ([`crate::clv`]), and `fraud_features`, `fraud_scores` and `fraud_alerts`
+//!    ([`crate::fraud`]), over the same valid events.
 //!
 //! Every view below is a collection of rows at ingestion times ([`Time`], ms on a tick).
 //! A diff of `+1` means the row is in the view from that time on, `-1` that it leaves;
@@ -54,7 +54,7 @@ use timely::dataflow::Stream;
 
 use crate::clv::dataflow::ClvViews;
 use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
-use crate::fraud::FraudFeatures;
+use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
 use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
 use crate::event::{Event, EventType};
 use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
@@ -69,11 +69,13 @@ pub struct ViewConfig {
     pub tick_ms: u64,
     /// Settings of the CLV views.
     pub clv: ClvConfig,
+    /// The scoring model of `fraud_scores` and `fraud_alerts`.
+    pub fraud: FraudModel,
 }
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10, clv: ClvConfig::default() }
+        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10, clv: ClvConfig::default(), fraud: FraudModel::default() }
     }
 }
 
@@ -155,6 +157,10 @@ pub enum ViewRow {
     CustomerClv(ClvRow),
     /// A `fraud_features` row.
     FraudFeatures(FraudFeatures),
+    /// A `fraud_scores` row.
+    FraudScores(FraudScore),
+    /// A `fraud_alerts` row.
+    FraudAlerts(FraudScore),
 }
 
 impl ViewRow {
@@ -170,6 +176,8 @@ impl ViewRow {
             ViewRow::ClvModel(_) => "clv_model",
             ViewRow::CustomerClv(_) => "customer_clv",
             ViewRow::FraudFeatures(_) => "fraud_features",
+            ViewRow::FraudScores(_) => "fraud_scores",
+            ViewRow::FraudAlerts(_) => "fraud_alerts",
         }
     }
 }
@@ -200,9 +208,9 @@ pub struct Views<'scope> {
     pub rejects: ViewArrangement<'scope, RejectReason, Reject>,
     /// `customer_rfm`, `clv_model` and `customer_clv` (see [`crate::clv`]).
     pub clv: ClvViews<'scope>,
-    /// `fraud_features`: key [`key_of`] the card id, row [`FraudFeatures`] (see
-    /// [`crate::fraud`]).
-    pub fraud_features: ViewArrangement<'scope, u64, FraudFeatures>,
+    /// `fraud_features`, `fraud_scores` and `fraud_alerts`, keyed by [`key_of`] the card
+    /// id (see [`crate::fraud`]).
+    pub fraud: FraudViews<'scope>,
 }
 
 impl<'scope> Views<'scope> {
@@ -211,8 +219,10 @@ impl<'scope> Views<'scope> {
         let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone()));
         let rfm = self.clv.customer_rfm.clone().as_collection(|_, r| ViewRow::CustomerRfm(r.clone()));
         let clv = self.clv.customer_clv.clone().as_collection(|_, c| ViewRow::CustomerClv(c.clone()));
-        let fraud = self.fraud_features.clone().as_collection(|_, f| ViewRow::FraudFeatures(f.clone()));
-        sessions.concatenate([self.summary_rows(&Dimension::ALL, true), rfm, clv, fraud])
+        let features = self.fraud.features.clone().as_collection(|_, f| ViewRow::FraudFeatures(f.clone()));
+        let scores = self.fraud.scores.clone().as_collection(|_, s| ViewRow::FraudScores(s.clone()));
+        let alerts = self.fraud.alerts.clone().as_collection(|_, s| ViewRow::FraudAlerts(s.clone()));
+        sessions.concatenate([self.summary_rows(&Dimension::ALL, true), rfm, clv, features, scores, alerts])
     }
 
     /// The rows a live summary shows: KPIs, funnel rows of the given dimensions, reject
@@ -295,10 +305,10 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
     let rejects = arrange_routed(rejects.map(|r| (r.reason, r)), "Arrange: rejects by reason");
 
     let clv = crate::clv::dataflow::build(events.clone(), &config.clv);
-    let fraud_features = crate::fraud::build(events.clone());
+    let fraud = crate::fraud::build(events.clone(), &config.fraud);
     Views {
         clv,
-        fraud_features,
+        fraud,
         events,
         sessions,
         funnel: arrange_routed(funnel, "Arrange: funnel"),

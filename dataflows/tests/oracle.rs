@@ -37,7 +37,7 @@ fn views_equal_reference_at_every_time_one_worker() {
         let records = random_records(seed, 300);
         let updates = check_against_reference(&records, 1, &format!("seed {seed}"));
         // The mix must exercise every view, or the comparison proves little.
-        assert_eq!(views_present(&updates).len(), 9, "seed {seed}: {:?}", views_present(&updates));
+        assert_eq!(views_present(&updates).len(), 11, "seed {seed}: {:?}", views_present(&updates));
         let reasons: std::collections::BTreeSet<_> = updates
             .iter()
             .filter_map(|(row, _, _)| match row {
@@ -145,5 +145,13 @@ fn fraud_features_equal_reference_with_late_payments() {
             *d < 0 && matches!(row, ViewRow::FraudFeatures(f) if updates.iter().any(|(r2, t2, d2)| t2 == t && *d2 > 0 && matches!(r2, ViewRow::FraudFeatures(g) if g.payment_id == f.payment_id)))
         });
         assert!(corrected, "{label}: a late payment corrected a later payment's features");
+        // Scores follow: every live payment has one, some raise an alert and some do not,
+        // and a corrected payment's alert was withdrawn or raised.
+        let scores = |alert: bool| {
+            updates.iter().filter(|(row, _, d)| *d > 0 && matches!(row, ViewRow::FraudScores(s) if s.alert == alert)).count()
+        };
+        assert!(scores(true) > 0 && scores(false) > 0, "{label}: alerts and quiet payments");
+        let withdrawn = updates.iter().any(|(row, _, d)| *d < 0 && matches!(row, ViewRow::FraudAlerts(_)));
+        assert!(withdrawn, "{label}: an alert was withdrawn when a late payment changed the features");
     }
 }

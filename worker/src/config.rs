@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tidemark_dataflows::decode::Format;
 use tidemark_dataflows::generator::GeneratorConfig;
+use tidemark_dataflows::fraud::FraudModel;
 use tidemark_dataflows::views::ViewConfig;
 
 /// The format of an input file.
@@ -82,6 +83,9 @@ pub struct RunArgs {
     /// Settings of the CLV views.
     #[command(flatten)]
     pub clv: ClvFlags,
+    /// Settings of the fraud views.
+    #[command(flatten)]
+    pub fraud: FraudFlags,
 
     /// Write the final contents of every view to this JSON file.
     #[arg(long, env = "TIDEMARK_VIEWS_OUT")]
@@ -115,6 +119,15 @@ pub struct GeneratorFlags {
     /// malformed records).
     #[arg(long, env = "TIDEMARK_CLEAN")]
     pub clean: bool,
+    /// Fraction of sessions followed by a fraud incident on the user's card (card
+    /// testing, account takeover or an amount spike; and twice this fraction of paying
+    /// sessions by impossible travel) [default: 0.002, 0 with --clean].
+    #[arg(long, env = "TIDEMARK_FRAUD_RATE")]
+    pub fraud_rate: Option<f64>,
+    /// Fraction of days users spend abroad (honest payments from another country)
+    /// [default: 0.02].
+    #[arg(long, env = "TIDEMARK_TRAVEL_RATE")]
+    pub travel_rate: Option<f64>,
 }
 
 impl GeneratorFlags {
@@ -127,6 +140,8 @@ impl GeneratorFlags {
         config.events_per_sec = self.rate;
         config.retention_ms = retention_hours * 3_600_000;
         config.start_ms = start_ms;
+        config.fraud_rate = self.fraud_rate.unwrap_or(config.fraud_rate);
+        config.travel_rate = self.travel_rate.unwrap_or(config.travel_rate);
         config
     }
 
@@ -137,6 +152,11 @@ impl GeneratorFlags {
         }
         if self.users == 0 {
             problems.push("--users must be positive".to_owned());
+        }
+        for (flag, rate) in [("--fraud-rate", self.fraud_rate), ("--travel-rate", self.travel_rate)] {
+            if let Some(rate) = rate.filter(|r| !(0.0..=1.0).contains(r)) {
+                problems.push(format!("{flag} {rate} is not within 0..=1"));
+            }
         }
     }
 }
@@ -272,11 +292,48 @@ pub fn check_view_flags(tick_ms: u64, retention_hours: u64, problems: &mut Vec<S
     }
 }
 
-/// The view settings of `--tick-ms`, `--retention-hours` and the CLV flags.
-pub fn view_config(tick_ms: u64, retention_hours: u64, clv: &ClvFlags) -> ViewConfig {
-    let mut config = ViewConfig { tick_ms, clv: clv.config(), ..ViewConfig::default() };
+/// Settings of `fraud_scores` and `fraud_alerts`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct FraudFlags {
+    /// Scoring model file (JSON: version, bias, inputs, weights, threshold; the format of
+    /// config/fraud-model.json, the model built in and used without this flag).
+    #[arg(long, env = "TIDEMARK_FRAUD_MODEL")]
+    pub fraud_model: Option<PathBuf>,
+    /// Alert threshold (a score in 0..=1), instead of the model's.
+    #[arg(long, env = "TIDEMARK_FRAUD_THRESHOLD")]
+    pub fraud_threshold: Option<f64>,
+}
+
+impl FraudFlags {
+    /// The scoring model these flags name.
+    pub fn model(&self) -> anyhow::Result<FraudModel> {
+        let mut model = match &self.fraud_model {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading the fraud model {}", path.display()))?;
+                FraudModel::from_json(&text).with_context(|| format!("the fraud model {}", path.display()))?
+            }
+            None => FraudModel::default(),
+        };
+        if let Some(threshold) = self.fraud_threshold {
+            anyhow::ensure!((0.0..=1.0).contains(&threshold), "--fraud-threshold {threshold} is not within 0..=1");
+            model.threshold = threshold;
+        }
+        Ok(model)
+    }
+
+    /// Appends every problem with the flags to `problems`.
+    pub fn check(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.model() {
+            problems.push(format!("{e:#}"));
+        }
+    }
+}
+
+/// The view settings of `--tick-ms`, `--retention-hours`, the CLV and the fraud flags.
+pub fn view_config(tick_ms: u64, retention_hours: u64, clv: &ClvFlags, fraud: &FraudFlags) -> anyhow::Result<ViewConfig> {
+    let mut config = ViewConfig { tick_ms, clv: clv.config(), fraud: fraud.model()?, ..ViewConfig::default() };
     config.decode.retention_ms = retention_hours * 3_600_000;
-    config
+    Ok(config)
 }
 
 impl RunArgs {
@@ -294,6 +351,7 @@ impl RunArgs {
         }
         check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
         self.clv.check(&mut problems);
+        self.fraud.check(&mut problems);
         if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
             problems.push("a multi-process run needs a finite source: --input, or --max-speed with --events".to_owned());
         }
@@ -306,8 +364,8 @@ impl RunArgs {
     }
 
     /// The view settings these flags select.
-    pub fn view_config(&self) -> ViewConfig {
-        view_config(self.tick_ms, self.retention_hours, &self.clv)
+    pub fn view_config(&self) -> anyhow::Result<ViewConfig> {
+        view_config(self.tick_ms, self.retention_hours, &self.clv, &self.fraud)
     }
 
     /// How long to run, if bounded by wall-clock time.

@@ -194,7 +194,7 @@ fn run_worker(
     tx: SyncSender<Message>,
 ) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
-    let config = args.view_config();
+    let config = args.view_config()?;
     let full = args.views_out.is_some() || args.changes_out.is_some();
     let dead_letter = args.dead_letter.is_some();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {

@@ -20,6 +20,8 @@ enum Command {
     /// Run the engine alone over generated traffic or a file replay, with a live summary
     /// (no server): for benchmarks, replays and exports.
     Run(RunArgs),
+    /// Write generated traffic to a file of JSON lines (and its fraud labels to a CSV).
+    Generate(tidemark_worker::generate::GenerateArgs),
     /// Run one process of a serving cluster: views fed by the coordinator's Ingest (and
     /// optionally the generator), served to it over the internal gRPC protocol.
     Worker(tidemark_worker::serve::WorkerArgs),
@@ -55,6 +57,7 @@ fn run() -> anyhow::Result<()> {
         Command::Up(args) => tidemark_worker::up::run(args),
         Command::Run(args) => tidemark_worker::driver::run(args),
         Command::Worker(args) => tidemark_worker::serve::run(args),
+        Command::Generate(args) => tidemark_worker::generate::run(args),
         Command::Views(args) => client_runtime()?.block_on(cli::views(args)),
         Command::Query(args) => client_runtime()?.block_on(cli::query(args)),
         Command::Subscribe(args) => client_runtime()?.block_on(cli::subscribe(args)),

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use tidemark_dataflows::clv::DAY_MS;
 use tidemark_dataflows::decode::Reject;
+use tidemark_dataflows::fraud::score::{inputs, INPUT_NAMES};
 use tidemark_dataflows::time::{format_timestamp, Time};
 use tidemark_dataflows::views::ViewRow;
 
@@ -17,8 +18,19 @@ use crate::config::RunArgs;
 use crate::driver::Update;
 
 /// The view names, in output order.
-pub const VIEW_NAMES: [&str; 9] =
-    ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features"];
+pub const VIEW_NAMES: [&str; 11] = [
+    "sessions",
+    "funnel",
+    "kpis",
+    "rejected_by_reason",
+    "rejects",
+    "customer_rfm",
+    "clv_model",
+    "customer_clv",
+    "fraud_features",
+    "fraud_scores",
+    "fraud_alerts",
+];
 
 /// Open output files and the state behind `--views-out`.
 pub struct Outputs {
@@ -164,7 +176,10 @@ pub fn row_json(row: &ViewRow) -> Value {
                 "amount_z": f.amount_z(),
                 "amount_ratio": f.amount_ratio(),
                 "geo_velocity_kmh": f.geo_velocity_kmh(),
+                // What the scoring model sees (for training and audits).
+                "model_inputs": INPUT_NAMES.iter().zip(inputs(f)).map(|(n, x)| (n.to_string(), json!(x))).collect::<serde_json::Map<_, _>>(),
             }),
         ),
+        ViewRow::FraudScores(s) | ViewRow::FraudAlerts(s) => value(s),
     }
 }

@@ -52,7 +52,13 @@ impl<'a> Summary<'a> {
             let shown = match row {
                 ViewRow::Kpis { .. } | ViewRow::RejectedByReason { .. } | ViewRow::ClvModel(_) => true,
                 ViewRow::Funnel { key, .. } => matches!(key.dimension, Dimension::All | Dimension::Country),
-                ViewRow::Sessions(_) | ViewRow::Rejects(_) | ViewRow::CustomerRfm(_) | ViewRow::CustomerClv(_) | ViewRow::FraudFeatures(_) => false,
+                ViewRow::Sessions(_)
+                | ViewRow::Rejects(_)
+                | ViewRow::CustomerRfm(_)
+                | ViewRow::CustomerClv(_)
+                | ViewRow::FraudFeatures(_)
+                | ViewRow::FraudScores(_)
+                | ViewRow::FraudAlerts(_) => false,
             };
             if shown {
                 let count = self.rows.entry(row.clone()).or_insert(0);

@@ -97,7 +97,7 @@ fn two_processes_equal_the_reference() {
     }
     assert!(expired, "the run is long enough for sessions to change or expire");
     let state = state_at(&updates, last);
-    for view in ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features"] {
+    for view in ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features", "fraud_scores"] {
         assert!(state.keys().any(|row| row.view() == view), "{view} is not empty at the end");
     }
 }

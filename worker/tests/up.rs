@@ -65,7 +65,7 @@ fn up_serves_the_generated_views_to_the_cli() {
     assert!(status["views"].as_array().expect("views").iter().any(|v| v["name"] == "sessions" && v["rows"].as_i64() > Some(0)), "{status}");
 
     let views = json_lines(&client(&["views", "--json"], &target));
-    assert_eq!(views.iter().map(|v| v["name"].as_str().expect("a name")).collect::<Vec<_>>(), ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features"]);
+    assert_eq!(views.iter().map(|v| v["name"].as_str().expect("a name")).collect::<Vec<_>>(), ["sessions", "funnel", "kpis", "rejected_by_reason", "rejects", "customer_rfm", "clv_model", "customer_clv", "fraud_features", "fraud_scores", "fraud_alerts"]);
 
     let minute = json_lines(&client(&["query", "kpis", "--where", "granularity=minute", "--format", "json"], &target));
     assert!(!minute.is_empty() && minute.iter().all(|r| r["granularity"] == "minute" && r["events"].as_i64() > Some(0)), "{minute:?}");

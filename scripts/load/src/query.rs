@@ -54,7 +54,8 @@ pub struct QueryArgs {
     #[arg(long, env = "TIDEMARK_LOAD_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
     /// The view looked up: by user (`sessions`, `customer_rfm`, `customer_clv`) or by card
-    /// (`fraud_features`, the cards of the population's payments).
+    /// (`fraud_features`, `fraud_scores`, `fraud_alerts`: the cards of the population's
+    /// payments).
     #[arg(long, env = "TIDEMARK_LOAD_VIEW", default_value = "sessions")]
     pub view: String,
 }
@@ -63,8 +64,8 @@ pub struct QueryArgs {
 fn key_field(view: &str) -> anyhow::Result<&'static str> {
     match view {
         "sessions" | "customer_rfm" | "customer_clv" => Ok("user_id"),
-        "fraud_features" => Ok("card_id"),
-        other => anyhow::bail!("--view {other:?}: lookups are by user (sessions, customer_rfm, customer_clv) or by card (fraud_features)"),
+        "fraud_features" | "fraud_scores" | "fraud_alerts" => Ok("card_id"),
+        other => anyhow::bail!("--view {other:?}: lookups are by user (sessions, customer_rfm, customer_clv) or by card (fraud_features, fraud_scores, fraud_alerts)"),
     }
 }
 

@@ -32,7 +32,7 @@ use tidemark_coordinator::config::InternalSecret;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
-use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, GeneratorFlags};
+use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, FraudFlags, GeneratorFlags};
 use tidemark_dataflows::views::ViewConfig;
 use crate::source::now_ms;
 use self::thread::ThreadContext;
@@ -57,12 +57,15 @@ pub struct ServedViewFlags {
     /// Settings of the CLV views.
     #[command(flatten)]
     pub clv: ClvFlags,
+    /// Settings of the fraud views.
+    #[command(flatten)]
+    pub fraud: FraudFlags,
 }
 
 impl ServedViewFlags {
     /// The dataflows' settings.
-    pub fn view_config(&self) -> ViewConfig {
-        view_config(self.tick_ms, self.retention_hours, &self.clv)
+    pub fn view_config(&self) -> anyhow::Result<ViewConfig> {
+        view_config(self.tick_ms, self.retention_hours, &self.clv, &self.fraud)
     }
 }
 
@@ -123,6 +126,7 @@ impl WorkerArgs {
         self.cluster().check(&mut problems);
         check_view_flags(self.views.tick_ms, self.views.retention_hours, &mut problems);
         self.views.clv.check(&mut problems);
+        self.views.fraud.check(&mut problems);
         if self.generate {
             self.generator.check(&mut problems);
         }
@@ -184,7 +188,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     let command_rxs: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(command_rxs.into_iter().map(Some).collect()));
     let generator = args.generate.then(|| args.generator.config(args.views.retention_hours, now_ms() as i64));
 
-    let config = args.views.view_config();
+    let config = args.views.view_config()?;
     let decode = config.decode.clone();
     let cluster = {
         let (stop, ingested, threads, history_ms) = (stop.clone(), ingested.clone(), args.workers, args.views.history_ms);

@@ -4,7 +4,7 @@
 use tidemark_dataflows::clv::dataflow::Single;
 use tidemark_dataflows::clv::{ClvModel, ClvRow, Real, RfmRow, DAY_MS};
 use tidemark_dataflows::decode::Reject;
-use tidemark_dataflows::fraud::FraudFeatures;
+use tidemark_dataflows::fraud::{FraudFeatures, FraudScore};
 use tidemark_dataflows::rows::{FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use tidemark_proto::v1::{Column, ColumnType, Row, Value, ViewInfo};
 use tidemark_proto::value;
@@ -72,6 +72,10 @@ pub mod index {
     pub const CUSTOMER_CLV: usize = 7;
     /// `fraud_features`.
     pub const FRAUD_FEATURES: usize = 8;
+    /// `fraud_scores`.
+    pub const FRAUD_SCORES: usize = 9;
+    /// `fraud_alerts`.
+    pub const FRAUD_ALERTS: usize = 10;
 }
 
 /// Every served view, in [`index`] order.
@@ -221,7 +225,55 @@ pub fn schemas() -> Vec<Schema> {
             key_columns: 3,
             routing_columns: 1,
         },
+        Schema {
+            name: "fraud_scores",
+            description: "per payment with a card: the fraud model's score of its fraud_features row",
+            columns: score_columns(),
+            key_columns: 3,
+            routing_columns: 1,
+        },
+        Schema {
+            name: "fraud_alerts",
+            description: "the fraud_scores rows at or above the model's alert threshold",
+            columns: score_columns(),
+            key_columns: 3,
+            routing_columns: 1,
+        },
     ]
+}
+
+/// The columns of `fraud_scores` and `fraud_alerts`.
+fn score_columns() -> Vec<Column> {
+    use ColumnType::{Bool, Double, Int64, String as Text, TimestampMs};
+    vec![
+        col("card_id", Text, false, "the card"),
+        col("event_ts", TimestampMs, false, "event time of the payment"),
+        col("payment_id", Text, false, "the payment's event id"),
+        col("user_id", Text, false, "the paying user"),
+        col("amount_cents", Int64, false, ""),
+        col("score", Double, false, "probability of fraud under the model"),
+        col("alert", Bool, false, "the score reaches the alert threshold"),
+        col("reasons", Text, false, "model inputs that raised the score most, comma-separated"),
+        col("model_version", Text, false, "the scoring model's version"),
+    ]
+}
+
+/// A `fraud_scores` or `fraud_alerts` row.
+pub fn score_row(_: &u64, s: &FraudScore) -> Row {
+    let reasons: Vec<&str> = s.reasons.iter().map(|r| &**r).collect();
+    Row {
+        values: vec![
+            value::string(&s.card_id),
+            value::timestamp_ms(s.event_ts),
+            value::string(&s.payment_id),
+            value::string(&s.user_id),
+            value::int64(s.amount_cents),
+            value::double(s.score.0),
+            value::boolean(s.alert),
+            value::string(&reasons.join(",")),
+            value::string(&s.model_version),
+        ],
+    }
 }
 
 /// A `fraud_features` row.
@@ -381,6 +433,9 @@ mod tests {
         };
         let features = tidemark_dataflows::fraud::card_features(&[&payment]);
         assert_eq!(fraud_row(&0, &features[0]).values.len(), schemas[index::FRAUD_FEATURES].columns.len());
+        let score = tidemark_dataflows::fraud::FraudModel::default().row(&features[0]);
+        assert_eq!(score_row(&0, &score).values.len(), schemas[index::FRAUD_SCORES].columns.len());
+        assert_eq!(score_row(&0, &score).values.len(), schemas[index::FRAUD_ALERTS].columns.len());
         for (i, s) in schemas.iter().enumerate() {
             assert!(s.routing_columns <= s.key_columns && s.key_columns <= s.columns.len(), "view {i}");
         }

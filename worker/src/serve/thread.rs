@@ -104,7 +104,9 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
             Box::new(Served::new(v.clv.customer_rfm, schema::rfm_row, seek_user)),
             Box::new(Served::new(v.clv.clv_model, schema::clv_model_row, |_| None)),
             Box::new(Served::new(v.clv.customer_clv, schema::clv_row, seek_user)),
-            Box::new(Served::new(v.fraud_features, schema::fraud_row, seek_user)),
+            Box::new(Served::new(v.fraud.features, schema::fraud_row, seek_user)),
+            Box::new(Served::new(v.fraud.scores, schema::score_row, seek_user)),
+            Box::new(Served::new(v.fraud.alerts, schema::score_row, seek_user)),
         ];
         (input, served)
     });
