@@ -106,8 +106,8 @@ pub struct FraudModel {
 /// Why a model file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// Not JSON of the expected shape.
-    #[error("not a fraud model: {0}")]
+    /// Not JSON of the expected shape (the parser's message is the source).
+    #[error("not a fraud model")]
     Format(#[from] serde_json::Error),
     /// The inputs are not this engine's inputs.
     #[error("the model's inputs {found:?} are not the engine's {expected:?}")]
