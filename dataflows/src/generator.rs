@@ -508,8 +508,7 @@ impl Generator {
         let mobile = OSES[usize::from(os)].1;
         // Phones change address with every session; computers keep their home address.
         let (country, city, ip, (lat_e6, lon_e6)) = if abroad {
-            let n = COUNTRIES.len() as u64;
-            let country = ((u64::from(profile.country) + 1 + trip % (n - 1)) % n) as u8;
+            let country = other_country(profile.country, trip);
             let cities = COUNTRIES[usize::from(country)].cities;
             let city = ((trip >> 32) % cities.len() as u64) as u8;
             let (_, lat, lon) = cities[usize::from(city)];
@@ -788,7 +787,7 @@ impl Generator {
         let mut payments: Vec<(Millis, Ctx, i64)> = Vec::new();
         match pattern {
             FraudPattern::CardTesting => {
-                let country = if rng.chance(0.6) { other_country(rng, s.billing) } else { s.billing };
+                let country = if rng.chance(0.6) { other_country(s.billing, rng.below(COUNTRIES.len() as u64 - 1)) } else { s.billing };
                 let ctx = stranger(rng, country);
                 let mut at = self.clock + rng.range(MINUTE_MS, 3 * HOUR_MS);
                 for _ in 0..rng.range(4, 15) {
@@ -1014,10 +1013,11 @@ impl Iterator for Generator {
     }
 }
 
-/// A random country other than `home`.
-fn other_country(rng: &mut Rng, home: u8) -> u8 {
+/// The country other than `home` that `draw` picks (any value; each other country is
+/// picked by an equal share of `0..COUNTRIES.len() - 1`).
+fn other_country(home: u8, draw: u64) -> u8 {
     let n = COUNTRIES.len() as u64;
-    ((u64::from(home) + 1 + rng.below(n - 1)) % n) as u8
+    ((u64::from(home) + 1 + draw % (n - 1)) % n) as u8
 }
 
 /// A random IP address of a country.
@@ -2103,8 +2103,7 @@ mod tests {
         for e in &labelled[&FraudPattern::AmountSpike] {
             assert!(e.price_cents.unwrap() >= 8 * 100, "a spike of 8 or more orders: {e:?}");
         }
-        // No fraud without a fraud rate, and the honest traffic is the same as the
-        // stream's random choices allow: a zero rate draws nothing.
+        // No labels without a fraud rate.
         let honest = take(&GeneratorConfig { fraud_rate: 0.0, ..config.clone() }, 0, 1, 20_000);
         assert!(honest.iter().all(|g| g.fraud.is_none()));
     }

@@ -35,10 +35,10 @@ def load_labels(path):
         return {row["payment_id"]: row["pattern"] for row in csv.DictReader(f)}
 
 
-def load_view(path, view):
+def load_views(path):
+    """The views of a `--views-out` file, by name."""
     with open(path) as f:
-        doc = json.load(f)
-    return doc["views"][view]
+        return json.load(f)["views"]
 
 
 def check_labels_found(labels, ids, what):
@@ -61,7 +61,7 @@ def train(args):
     with open(args.model) as f:
         names = json.load(f)["inputs"]
     labels = load_labels(args.labels)
-    rows = load_view(args.views, "fraud_features")
+    rows = load_views(args.views)["fraud_features"]
     check_labels_found(labels, {r["payment_id"] for r in rows}, "fraud_features")
     x = x_of(rows, names)
     y = np.array([r["payment_id"] in labels for r in rows], dtype=int)
@@ -110,8 +110,9 @@ def evaluate(args):
     with open(args.model) as f:
         model = json.load(f)
     labels = load_labels(args.labels)
-    rows = load_view(args.views, "fraud_scores")
-    alerts = {r["payment_id"] for r in load_view(args.views, "fraud_alerts")}
+    views = load_views(args.views)
+    rows = views["fraud_scores"]
+    alerts = {r["payment_id"] for r in views["fraud_alerts"]}
     check_labels_found(labels, {r["payment_id"] for r in rows}, "fraud_scores")
     y = np.array([r["payment_id"] in labels for r in rows], dtype=bool)
     scores = np.array([r["score"] for r in rows])
@@ -164,7 +165,7 @@ def evaluate(args):
     print()
     print("| input | weight |")
     print("|---|---:|")
-    spread = dict(zip(model["inputs"], np.std(x_of(load_view(args.views, "fraud_features"), model["inputs"]), axis=0)))
+    spread = dict(zip(model["inputs"], np.std(x_of(views["fraud_features"], model["inputs"]), axis=0)))
     for name, w in sorted(zip(model["inputs"], model["weights"]), key=lambda p: -abs(p[1]) * spread[p[0]]):
         print(f"| `{name}` | {w:+.4f} |")
 

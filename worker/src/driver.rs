@@ -23,7 +23,7 @@ use differential_dataflow::input::Input;
 use tidemark_dataflows::decode::RawRecord;
 use tidemark_dataflows::rows::Dimension;
 use tidemark_dataflows::time::Time;
-use tidemark_dataflows::views::{build, ViewRow};
+use tidemark_dataflows::views::{build, ViewConfig, ViewRow};
 
 use crate::config::RunArgs;
 use crate::output::Outputs;
@@ -95,13 +95,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = sync_channel::<Message>(CHANNEL_BATCHES);
     let config = timely::Config { communication: args.cluster().communication()?, worker: timely::WorkerConfig::default() };
     let started = Arc::new(AtomicUsize::new(0));
+    // Read once (the fraud model may be a file), so every thread has the same settings.
+    let view_config = args.view_config()?;
 
     let cluster = {
         let (args, shared, started) = (args.clone(), shared.clone(), started.clone());
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             let guards = timely::execute(config, move |worker| {
                 started.fetch_add(1, Ordering::SeqCst);
-                if let Err(e) = run_worker(worker, &args, &shared, tx.clone()) {
+                if let Err(e) = run_worker(worker, &args, &view_config, &shared, tx.clone()) {
                     shared.error.lock().expect("error slot").get_or_insert(format!("{e:#}"));
                     shared.stop.store(true, Ordering::SeqCst);
                 }
@@ -190,16 +192,16 @@ fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> a
 fn run_worker(
     worker: &mut timely::worker::Worker,
     args: &RunArgs,
+    config: &ViewConfig,
     shared: &Shared,
     tx: SyncSender<Message>,
 ) -> anyhow::Result<()> {
     let (index, peers) = (worker.index(), worker.peers());
-    let config = args.view_config()?;
     let full = args.views_out.is_some() || args.changes_out.is_some();
     let dead_letter = args.dead_letter.is_some();
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
-        let views = build(records, &config);
+        let views = build(records, config);
         let observed = if full { views.rows() } else { views.summary_rows(&SUMMARY_DIMENSIONS, dead_letter) };
         let sessions = shared.sessions.clone();
         let (probe, _) = views

@@ -176,8 +176,10 @@ impl FraudModel {
 }
 
 impl Default for FraudModel {
+    /// The shipped model (parsed once; the unit tests check that it loads).
     fn default() -> Self {
-        FraudModel::from_json(DEFAULT_MODEL).expect("config/fraud-model.json is a valid model")
+        static SHIPPED: std::sync::OnceLock<FraudModel> = std::sync::OnceLock::new();
+        SHIPPED.get_or_init(|| FraudModel::from_json(DEFAULT_MODEL).expect("config/fraud-model.json is a valid model")).clone()
     }
 }
 
