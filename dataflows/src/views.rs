@@ -182,6 +182,80 @@ impl ViewRow {
     }
 }
 
+/// A [`ViewRow`] as it travels between workers. The JSON form's `view` tag needs a
+/// self-describing format; timely's wire format is not, so rows travel externally tagged.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WireRow(#[serde(with = "wire")] pub ViewRow);
+
+mod wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::*;
+
+    #[derive(Serialize)]
+    enum Ref<'a> {
+        Sessions(&'a SessionRow),
+        Funnel(&'a FunnelKey, &'a FunnelAgg),
+        Kpis(&'a KpiKey, &'a KpiAgg),
+        RejectedByReason(&'a RejectReason, i64),
+        Rejects(&'a Reject),
+        CustomerRfm(&'a RfmRow),
+        ClvModel(&'a ClvModel),
+        CustomerClv(&'a ClvRow),
+        FraudFeatures(&'a FraudFeatures),
+        FraudScores(&'a FraudScore),
+        FraudAlerts(&'a FraudScore),
+    }
+
+    #[derive(Deserialize)]
+    enum Owned {
+        Sessions(SessionRow),
+        Funnel(FunnelKey, FunnelAgg),
+        Kpis(KpiKey, KpiAgg),
+        RejectedByReason(RejectReason, i64),
+        Rejects(Reject),
+        CustomerRfm(RfmRow),
+        ClvModel(ClvModel),
+        CustomerClv(ClvRow),
+        FraudFeatures(FraudFeatures),
+        FraudScores(FraudScore),
+        FraudAlerts(FraudScore),
+    }
+
+    pub fn serialize<S: Serializer>(row: &ViewRow, serializer: S) -> Result<S::Ok, S::Error> {
+        match row {
+            ViewRow::Sessions(r) => Ref::Sessions(r),
+            ViewRow::Funnel { key, agg } => Ref::Funnel(key, agg),
+            ViewRow::Kpis { key, agg } => Ref::Kpis(key, agg),
+            ViewRow::RejectedByReason { reason, count } => Ref::RejectedByReason(reason, *count),
+            ViewRow::Rejects(r) => Ref::Rejects(r),
+            ViewRow::CustomerRfm(r) => Ref::CustomerRfm(r),
+            ViewRow::ClvModel(r) => Ref::ClvModel(r),
+            ViewRow::CustomerClv(r) => Ref::CustomerClv(r),
+            ViewRow::FraudFeatures(r) => Ref::FraudFeatures(r),
+            ViewRow::FraudScores(r) => Ref::FraudScores(r),
+            ViewRow::FraudAlerts(r) => Ref::FraudAlerts(r),
+        }
+        .serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ViewRow, D::Error> {
+        Ok(match Owned::deserialize(deserializer)? {
+            Owned::Sessions(r) => ViewRow::Sessions(r),
+            Owned::Funnel(key, agg) => ViewRow::Funnel { key, agg },
+            Owned::Kpis(key, agg) => ViewRow::Kpis { key, agg },
+            Owned::RejectedByReason(reason, count) => ViewRow::RejectedByReason { reason, count },
+            Owned::Rejects(r) => ViewRow::Rejects(r),
+            Owned::CustomerRfm(r) => ViewRow::CustomerRfm(r),
+            Owned::ClvModel(r) => ViewRow::ClvModel(r),
+            Owned::CustomerClv(r) => ViewRow::CustomerClv(r),
+            Owned::FraudFeatures(r) => ViewRow::FraudFeatures(r),
+            Owned::FraudScores(r) => ViewRow::FraudScores(r),
+            Owned::FraudAlerts(r) => ViewRow::FraudAlerts(r),
+        })
+    }
+}
+
 /// An arrangement of a view by its key.
 pub type ViewArrangement<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K, V, Time, isize>>>;
 

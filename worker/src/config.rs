@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Format of `--input`.
     #[arg(long, env = "TIDEMARK_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
     pub format: InputFormat,
+    /// Read a Kafka topic instead (`--kafka-brokers`): every partition from its start to
+    /// its log end as it is at the start, then stop. Offsets are not committed.
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaFlags,
+    /// With `--kafka-brokers`: keep reading new records until Ctrl-C or `--duration`.
+    #[arg(long, env = "TIDEMARK_KAFKA_FOLLOW")]
+    pub kafka_follow: bool,
 
     /// The generator's traffic.
     #[command(flatten)]
@@ -346,13 +353,21 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         self.cluster().check(&mut problems);
-        if self.input.is_none() {
+        if self.kafka.enabled() {
+            self.kafka.connect.check(&mut problems);
+            if self.input.is_some() {
+                problems.push("--input and --kafka-brokers are two sources: choose one".to_owned());
+            }
+            if self.processes > 1 {
+                problems.push("a Kafka replay with `tidemark run` is single-process (a serving cluster reads Kafka with `tidemark worker`)".to_owned());
+            }
+        } else if self.input.is_none() {
             self.generator.check(&mut problems);
         }
         check_view_flags(self.tick_ms, self.retention_hours, &mut problems);
         self.clv.check(&mut problems);
         self.fraud.check(&mut problems);
-        if self.processes > 1 && self.input.is_none() && !(self.max_speed && self.events.is_some()) {
+        if self.processes > 1 && self.input.is_none() && !self.kafka.enabled() && !(self.max_speed && self.events.is_some()) {
             problems.push("a multi-process run needs a finite source: --input, or --max-speed with --events".to_owned());
         }
         if let Some(input) = &self.input {
@@ -376,6 +391,12 @@ impl RunArgs {
     /// A one-paragraph description of the effective configuration.
     pub fn describe(&self) -> String {
         let source = match &self.input {
+            None if self.kafka.enabled() => format!(
+                "Kafka topic {} at {} ({})",
+                self.kafka.connect.kafka_topic,
+                self.kafka.connect.kafka_brokers.as_deref().unwrap_or_default(),
+                if self.kafka_follow { "following new records" } else { "from the start to the log end, then stop" }
+            ),
             Some(path) => format!("replaying {} ({:?})", path.display(), self.format),
             None if self.max_speed => format!("generator at max speed (simulated {} events/s), seed {}", self.generator.rate, self.generator.seed),
             None => format!("generator at {} events/s, seed {}", self.generator.rate, self.generator.seed),

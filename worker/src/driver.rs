@@ -27,7 +27,8 @@ use tidemark_dataflows::views::{build, ViewConfig, ViewRow};
 
 use crate::config::RunArgs;
 use crate::output::Outputs;
-use crate::source::{now_ms, FileSource, GeneratorSource, Source};
+use crate::kafka::KafkaSource;
+use crate::source::{now_ms, FileSource, GeneratorSource, InFlight, Source};
 use crate::summary::Summary;
 
 /// How far (ms of ingestion time) a worker may read ahead of the views' frontier.
@@ -77,6 +78,8 @@ pub struct Shared {
     pub finished: AtomicUsize,
     /// The agreed final time, once known.
     pub final_time: AtomicU64,
+    /// Records read from Kafka.
+    pub kafka: Arc<crate::kafka::KafkaCounters>,
     /// A fatal error of a worker, reported by the aggregator.
     pub error: Mutex<Option<String>>,
 }
@@ -175,6 +178,10 @@ fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::
 }
 
 fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Box<dyn Source>> {
+    if args.kafka.enabled() {
+        let source = KafkaSource::open(&args.kafka, args.tick_ms, index, peers, !args.kafka_follow, shared.kafka.clone())?;
+        return Ok(Box::new(source));
+    }
     Ok(match &args.input {
         Some(path) => {
             let progress = (index == 0).then(|| shared.bytes_read.clone());
@@ -225,6 +232,9 @@ fn run_worker(
     let mut batch = Vec::with_capacity(BATCH);
     let mut in_flight = InFlight::default();
     let mut since_step = 0usize;
+    // Live sources are stepped at once; replays in large steps.
+    let live = if args.kafka.enabled() { args.kafka_follow } else { args.input.is_none() && !args.max_speed };
+    let frontier = |probe: &timely::dataflow::ProbeHandle<Time>| probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
     while !shared.stop.load(Ordering::Relaxed) {
         batch.clear();
         let Some(time) = source.next_batch(&mut batch, BATCH)? else { break };
@@ -237,9 +247,8 @@ fn run_worker(
             input.insert(record);
         }
         since_step += inserted;
-        let live = args.input.is_none() && !args.max_speed;
-        if live && inserted < BATCH {
-            // Live and caught up with the generator's pace: let the dataflow run a little.
+        if inserted == 0 || (live && inserted < BATCH) {
+            // Caught up with the source: let the dataflow run a little.
             input.flush();
             worker.step_or_park(Some(Duration::from_millis(1)));
             since_step = 0;
@@ -250,16 +259,16 @@ fn run_worker(
         }
         in_flight.push(time, inserted);
         let horizon = input.time().saturating_sub(MAX_LAG_MS);
-        if probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
+        if probe.less_than(&horizon) || in_flight.count(frontier(&probe)) > MAX_IN_FLIGHT {
             // Too far ahead: expose what was inserted and let the views catch up.
             input.flush();
-            while probe.less_than(&horizon) || in_flight.count(&probe) > MAX_IN_FLIGHT {
+            while probe.less_than(&horizon) || in_flight.count(frontier(&probe)) > MAX_IN_FLIGHT {
                 worker.step();
             }
             since_step = 0;
         }
         if index == 0 {
-            probe.with_frontier(|f| shared.frontier.store(f.first().copied().unwrap_or(Time::MAX), Ordering::Relaxed));
+            shared.frontier.store(frontier(&probe), Ordering::Relaxed);
         }
     }
 
@@ -282,35 +291,6 @@ fn run_worker(
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
     Ok(())
-}
-
-/// Records inserted at times the views' frontier has not passed yet.
-#[derive(Default)]
-struct InFlight {
-    batches: std::collections::VecDeque<(Time, usize)>,
-    total: usize,
-}
-
-impl InFlight {
-    fn push(&mut self, time: Time, count: usize) {
-        match self.batches.back_mut() {
-            Some((t, n)) if *t == time => *n += count,
-            _ => self.batches.push_back((time, count)),
-        }
-        self.total += count;
-    }
-
-    /// Forgets the batches the frontier has passed and counts the rest.
-    fn count(&mut self, probe: &timely::dataflow::ProbeHandle<Time>) -> usize {
-        while let Some((time, count)) = self.batches.front().copied() {
-            if probe.less_equal(&time) {
-                break;
-            }
-            self.total -= count;
-            self.batches.pop_front();
-        }
-        self.total
-    }
 }
 
 /// The final time of an open-ended run: the largest time any worker of this process

@@ -22,6 +22,8 @@ enum Command {
     Run(RunArgs),
     /// Write generated traffic to a file of JSON lines (and its fraud labels to a CSV).
     Generate(tidemark_worker::generate::GenerateArgs),
+    /// Write generated traffic or a file's lines into a Kafka topic at a given rate.
+    Produce(tidemark_worker::produce::ProduceArgs),
     /// Run one process of a serving cluster: views fed by the coordinator's Ingest (and
     /// optionally the generator), served to it over the internal gRPC protocol.
     Worker(tidemark_worker::serve::WorkerArgs),
@@ -58,6 +60,7 @@ fn run() -> anyhow::Result<()> {
         Command::Run(args) => tidemark_worker::driver::run(args),
         Command::Worker(args) => tidemark_worker::serve::run(args),
         Command::Generate(args) => tidemark_worker::generate::run(args),
+        Command::Produce(args) => tidemark_worker::produce::run(args),
         Command::Views(args) => client_runtime()?.block_on(cli::views(args)),
         Command::Query(args) => client_runtime()?.block_on(cli::query(args)),
         Command::Subscribe(args) => client_runtime()?.block_on(cli::subscribe(args)),

@@ -217,3 +217,33 @@ impl Source for GeneratorSource {
         self.final_time
     }
 }
+
+/// Records inserted at times the views' frontier has not passed yet.
+#[derive(Default)]
+pub struct InFlight {
+    batches: std::collections::VecDeque<(Time, usize)>,
+    total: usize,
+}
+
+impl InFlight {
+    /// Counts `count` records inserted at `time`.
+    pub fn push(&mut self, time: Time, count: usize) {
+        match self.batches.back_mut() {
+            Some((t, n)) if *t == time => *n += count,
+            _ => self.batches.push_back((time, count)),
+        }
+        self.total += count;
+    }
+
+    /// Forgets the batches the frontier has passed and counts the rest.
+    pub fn count(&mut self, frontier: Time) -> usize {
+        while let Some((time, count)) = self.batches.front().copied() {
+            if time >= frontier {
+                break;
+            }
+            self.total -= count;
+            self.batches.pop_front();
+        }
+        self.total
+    }
+}

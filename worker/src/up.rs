@@ -54,6 +54,12 @@ pub struct UpArgs {
     /// Stop after this many seconds (default: run until SIGTERM or Ctrl-C).
     #[arg(long, env = "TIDEMARK_DURATION")]
     pub duration: Option<u64>,
+    /// Read the events from a Kafka topic instead of generating them.
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaFlags,
+    /// Mirror views into PostgreSQL.
+    #[command(flatten)]
+    pub postgres: crate::sink::postgres::PostgresFlags,
     /// No status line every few seconds.
     #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
     pub quiet: bool,
@@ -69,10 +75,12 @@ impl UpArgs {
             hostfile: None,
             listen: internal,
             views: self.views.clone(),
-            generate: !self.no_generate,
+            generate: !self.no_generate && !self.kafka.enabled(),
             generator: self.generator.clone(),
             metrics_listen: None,
             secret: InternalSecret { internal_secret_file: None, internal_secret: None },
+            kafka: self.kafka.clone(),
+            postgres: self.postgres.clone(),
         }
     }
 }

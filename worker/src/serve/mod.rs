@@ -33,9 +33,11 @@ use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
 use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, FraudFlags, GeneratorFlags};
+use crate::kafka::{KafkaCounters, KafkaFlags};
+use crate::sink::postgres::PostgresFlags;
 use tidemark_dataflows::views::ViewConfig;
 use crate::source::now_ms;
-use self::thread::ThreadContext;
+use self::thread::{ExportPlan, ThreadContext};
 
 /// Commands buffered per worker thread.
 const THREAD_COMMANDS: usize = 1024;
@@ -107,6 +109,13 @@ pub struct WorkerArgs {
     /// The secret a coordinator must present on the internal port.
     #[command(flatten)]
     pub secret: InternalSecret,
+    /// Read the events from a Kafka topic (every process must get the same flags).
+    #[command(flatten)]
+    pub kafka: KafkaFlags,
+    /// Mirror views into PostgreSQL (written by process 0; every process must get the
+    /// same flags).
+    #[command(flatten)]
+    pub postgres: PostgresFlags,
 }
 
 impl WorkerArgs {
@@ -130,15 +139,30 @@ impl WorkerArgs {
         if self.generate {
             self.generator.check(&mut problems);
         }
+        if self.kafka.enabled() {
+            self.kafka.connect.check(&mut problems);
+            if self.generate {
+                problems.push("--generate feeds the views directly, and a restart would not replay it: with --kafka-brokers, write the traffic into the topic (tidemark produce)".to_owned());
+            }
+        }
+        if let Err(e) = self.postgres.config() {
+            problems.push(format!("{e:#}"));
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
     /// A one-line description of the effective configuration.
     pub fn describe(&self) -> String {
-        let source = if self.generate {
+        let source = if self.kafka.enabled() {
+            format!("Kafka topic {} at {} and Ingest", self.kafka.connect.kafka_topic, self.kafka.connect.kafka_brokers.as_deref().unwrap_or_default())
+        } else if self.generate {
             format!("generator at {} events/s (seed {}) and Ingest", self.generator.rate, self.generator.seed)
         } else {
             "Ingest only".to_owned()
+        };
+        let source = match &self.postgres.postgres_url {
+            Some(_) if self.process_index() == 0 => format!("{source}; views mirrored to PostgreSQL"),
+            _ => source,
         };
         format!(
             "tidemark worker: process {}/{} with {} threads; {source}; internal gRPC on {}; retention {} h, tick {} ms, history {} ms",
@@ -159,7 +183,17 @@ pub fn ordinal(hostname: &str) -> Option<usize> {
 }
 
 /// Runs the process until SIGTERM or Ctrl-C.
+///
+/// A cluster is one failure domain: a panic anywhere in the process (timely's network
+/// threads panic when a peer process goes away) ends the process with exit code 70, so
+/// that whatever supervises the pool restarts it, and every process rehydrates.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("error: a thread of this worker process panicked; exiting so that the cluster restarts");
+        std::process::exit(70);
+    }));
     eprintln!("{}", args.describe());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(args.listen)).with_context(|| format!("binding {}", args.listen))?;
@@ -190,6 +224,22 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
 
     let config = args.views.view_config()?;
     let decode = config.decode.clone();
+    let kafka_counters = Arc::new(KafkaCounters::default());
+    let kafka = args.kafka.enabled().then(|| args.kafka.clone());
+    let sink_config = args.postgres.config()?;
+    let process = args.process_index();
+    let dead_letter_topic = if args.kafka.enabled() { args.kafka.dead_letter_topic() } else { None };
+    let sink = match &sink_config {
+        Some(config) if process == 0 => Some(crate::sink::postgres::start(config.clone())),
+        _ => None,
+    };
+    let export = ExportPlan {
+        mirrored: sink_config.as_ref().map(|c| c.views.iter().map(|v| schema::schemas()[*v].name).collect()).unwrap_or_default(),
+        dead_letter: dead_letter_topic.is_some(),
+        feed: sink.as_ref().map(|s| s.feed()),
+        dead_letter_topic: dead_letter_topic.map(|topic| (args.kafka.connect.clone(), topic)),
+    };
+    let io_metrics = IoMetrics::new(&kafka_counters);
     let cluster = {
         let (stop, ingested, threads, history_ms) = (stop.clone(), ingested.clone(), args.workers, args.views.history_ms);
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
@@ -206,8 +256,16 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
                     stop: stop.clone(),
                     generator: generator.clone(),
                     ingested: ingested.clone(),
+                    kafka: kafka.clone(),
+                    kafka_counters: kafka_counters.clone(),
+                    // Only the cluster's first thread writes out what is exported.
+                    export: if worker.index() == 0 { export.clone() } else { ExportPlan { feed: None, dead_letter_topic: None, ..export.clone() } },
                 };
-                thread::run(worker, ctx);
+                if let Err(e) = thread::run(worker, ctx) {
+                    // The cluster cannot go on without this thread's share of the views.
+                    eprintln!("error: worker thread {}: {e:#}", worker.index());
+                    std::process::exit(1);
+                }
             })
             .map(|guards| drop(guards.join()))
             .map_err(|e| anyhow::anyhow!("starting timely: {e}"))
@@ -216,9 +274,18 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
 
     let shape = Shape { process: args.process_index(), processes: args.processes, threads: args.workers };
     let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, ingested, reply_rx);
+    let sink_status = sink.as_ref().map(|s| s.status_handle());
     let metrics_server = metrics_listener.map(|listener| {
         let service = service.clone();
-        tidemark_coordinator::metrics::spawn(listener, move || service.render_metrics())
+        tidemark_coordinator::metrics::spawn(listener, move || {
+            // One exposition: the service's metrics, then the source's and the sink's.
+            let mut out = service.render_metrics();
+            if out.ends_with("# EOF\n") {
+                out.truncate(out.len() - "# EOF\n".len());
+            }
+            out.push_str(&io_metrics.render(sink_status.as_ref().map(|s| s())));
+            out
+        })
     });
     let served = tonic::transport::Server::builder()
         .add_service(WorkerServer::with_interceptor(service.clone(), check))
@@ -232,9 +299,65 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         server.stop().await?;
     }
     let joined = tokio::task::spawn_blocking(move || cluster.join()).await?;
+    if let Some(sink) = sink {
+        tokio::task::spawn_blocking(move || sink.stop()).await?;
+    }
     served?;
     joined.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     Ok(())
+}
+
+/// What a worker process shows Prometheus of its Kafka source and PostgreSQL sink.
+struct IoMetrics {
+    registry: prometheus_client::registry::Registry,
+    sink: [prometheus_client::metrics::gauge::Gauge; 7],
+}
+
+impl IoMetrics {
+    fn new(kafka: &KafkaCounters) -> Self {
+        use prometheus_client::metrics::gauge::Gauge;
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tidemark_worker");
+        registry.register("kafka_records", "Records read from Kafka by this process", kafka.records.clone());
+        registry.register(
+            "kafka_records_raised",
+            "Records that reached the log after their idle partition's clock passed them (ingested at the clock, time recorded)",
+            kafka.raised.clone(),
+        );
+        let sink: [Gauge; 7] = Default::default();
+        let names = [
+            ("sink_frontier_ms", "The PostgreSQL tables hold the views as of this time minus one (ms since the epoch)"),
+            ("sink_pending_rows", "Rows changed since the last commit to PostgreSQL"),
+            ("sink_transactions", "Transactions the PostgreSQL sink committed"),
+            ("sink_rows_inserted", "Rows the PostgreSQL sink inserted"),
+            ("sink_rows_deleted", "Rows the PostgreSQL sink deleted"),
+            ("sink_retries", "Temporary PostgreSQL failures the sink retried"),
+            ("sink_stopped", "1 once the PostgreSQL sink stopped on an error"),
+        ];
+        for ((name, help), gauge) in names.iter().zip(&sink) {
+            registry.register(*name, *help, gauge.clone());
+        }
+        IoMetrics { registry, sink }
+    }
+
+    fn render(&self, sink: Option<crate::sink::postgres::PgSinkStatus>) -> String {
+        if let Some(s) = sink {
+            let values = [
+                s.committed_frontier.unwrap_or(0) as i64,
+                s.pending_rows as i64,
+                s.transactions as i64,
+                s.rows_inserted as i64,
+                s.rows_deleted as i64,
+                s.retries as i64,
+                i64::from(s.stopped.is_some()),
+            ];
+            for (gauge, value) in self.sink.iter().zip(values) {
+                gauge.set(value);
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String does not fail");
+        out
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,7 +1,9 @@
 //! The loop of one serving worker thread: advance the input with the wall clock, insert
 //! ingested records, step the dataflow, then answer what has become answerable.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,8 @@ use tidemark_dataflows::decode::{Format, RawRecord};
 use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::key_of;
 use tidemark_dataflows::time::Time;
-use tidemark_dataflows::views::{build, ViewConfig};
+use tidemark_dataflows::views::{build, ViewConfig, ViewRow, WireRow};
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use tidemark_proto::v1::value::Kind;
 use tidemark_proto::v1::{SubscribeBatch, Update, Value};
 use tokio::sync::mpsc::Sender;
@@ -20,10 +23,102 @@ use tokio::sync::mpsc::Sender;
 use super::compute::{Mailbox, Served, ServedView, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema;
-use crate::source::{now_ms, GeneratorSource, Source};
+use crate::driver::{MAX_IN_FLIGHT, MAX_LAG_MS};
+use crate::kafka::{DeadLetterWriter, KafkaConnect, KafkaCounters, KafkaFlags, KafkaSource};
+use crate::sink::postgres::SinkFeed;
+use crate::source::{now_ms, GeneratorSource, InFlight, Source};
 
 /// Most generated records inserted per loop iteration.
 const GENERATED_PER_STEP: usize = 50_000;
+/// Most Kafka records inserted per loop iteration.
+const KAFKA_PER_STEP: usize = 50_000;
+
+/// What leaves the cluster through its first worker thread: changes of the mirrored views
+/// (to PostgreSQL) and rejected records (to the dead-letter topic). Every process builds
+/// the same plan, so every thread builds the same dataflow; only the first thread of
+/// process 0 has the feed and the writer's settings.
+#[derive(Clone, Default)]
+pub struct ExportPlan {
+    /// Names of the views mirrored to PostgreSQL.
+    pub mirrored: Vec<&'static str>,
+    /// Whether rejects go to a dead-letter topic.
+    pub dead_letter: bool,
+    /// The PostgreSQL sink's feed (first thread of process 0).
+    pub feed: Option<SinkFeed>,
+    /// Brokers and dead-letter topic (first thread of process 0).
+    pub dead_letter_topic: Option<(KafkaConnect, String)>,
+}
+
+impl ExportPlan {
+    /// Whether anything is exported.
+    pub fn any(&self) -> bool {
+        !self.mirrored.is_empty() || self.dead_letter
+    }
+}
+
+/// The first thread's end of the export: changes received, the time they are complete to.
+///
+/// The sink's feed gets a time's changes only once the dead-letter topic has acknowledged
+/// every reject up to that time, so when the tables' frontier passes a time, the
+/// dead-letter topic holds that time's rejects.
+struct Exporter {
+    received: Rc<RefCell<Vec<(ViewRow, Time, isize)>>>,
+    probe: timely::dataflow::ProbeHandle<Time>,
+    upper: Time,
+    mirrored: HashSet<&'static str>,
+    feed: Option<SinkFeed>,
+    dead_letter: Option<DeadLetterWriter>,
+    /// Changes for the feed, waiting for the dead-letter copies sent before them.
+    held: std::collections::VecDeque<HeldBatch>,
+}
+
+/// Copies sent to the dead-letter topic before the batch, the batch's upper, and its
+/// changes of the mirrored views.
+type HeldBatch = (u64, Time, Vec<(ViewRow, isize)>);
+
+impl Exporter {
+    /// Hands the changes at times the export's frontier has passed to the dead-letter
+    /// writer and then to the sink.
+    fn export(&mut self) -> anyhow::Result<()> {
+        let frontier = self.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+        if frontier > self.upper {
+            let mut ready: Vec<(ViewRow, Time, isize)> = Vec::new();
+            {
+                let mut received = self.received.borrow_mut();
+                let (done, later): (Vec<_>, Vec<_>) = received.drain(..).partition(|(_, t, _)| *t < frontier);
+                *received = later;
+                ready.extend(done);
+            }
+            differential_dataflow::consolidation::consolidate_updates(&mut ready);
+            let mut sent = 0;
+            if let Some(writer) = &mut self.dead_letter {
+                for (row, _, diff) in &ready {
+                    if let (ViewRow::Rejects(reject), true) = (row, *diff > 0) {
+                        writer.write(reject)?;
+                    }
+                }
+                sent = writer.sent();
+            }
+            if self.feed.is_some() {
+                let mirrored = &self.mirrored;
+                let changes = ready.into_iter().filter(|(row, _, _)| mirrored.contains(row.view())).map(|(row, _, diff)| (row, diff)).collect();
+                self.held.push_back((sent, frontier, changes));
+            }
+            self.upper = frontier;
+        }
+        let acknowledged = match &self.dead_letter {
+            Some(writer) => writer.acknowledged()?,
+            None => u64::MAX,
+        };
+        if let Some(feed) = &self.feed {
+            while self.held.front().is_some_and(|(sent, _, _)| *sent <= acknowledged) {
+                let (_, upper, changes) = self.held.pop_front().expect("a front batch");
+                feed.push(changes, upper);
+            }
+        }
+        Ok(())
+    }
+}
 
 /// What a serving thread needs from its process.
 pub struct ThreadContext {
@@ -43,6 +138,12 @@ pub struct ThreadContext {
     pub generator: Option<GeneratorConfig>,
     /// Records this process has inserted, counted by every thread.
     pub ingested: Counter,
+    /// The Kafka source's settings, if the views read a topic.
+    pub kafka: Option<KafkaFlags>,
+    /// The Kafka source's counters (all threads of the process).
+    pub kafka_counters: Arc<KafkaCounters>,
+    /// What leaves the cluster through its first thread.
+    pub export: ExportPlan,
 }
 
 struct Peek {
@@ -87,14 +188,33 @@ fn seek_user(values: &[Value]) -> Option<u64> {
 }
 
 /// Runs one serving thread until the process stops.
-pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
+pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::Result<()> {
     let local = worker.index() % ctx.threads;
     ctx.commands.register();
     let tick = ctx.config.tick_ms.max(1);
     let dataflow = worker.next_dataflow_index();
-    let (mut input, mut views) = worker.dataflow::<Time, _, _>(|scope| {
+    let first = worker.index() == 0;
+    let received = Rc::new(RefCell::new(Vec::new()));
+    let (mut input, mut views, export_probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
         let v = build(records, &ctx.config);
+        // Exported changes go to the first thread, which writes them out in time order.
+        let export_probe = ctx.export.any().then(|| {
+            let mirrored: HashSet<&'static str> = ctx.export.mirrored.iter().copied().collect();
+            let dead_letter = ctx.export.dead_letter;
+            let received = received.clone();
+            v.rows()
+                .flat_map(move |row| (mirrored.contains(row.view()) || (dead_letter && matches!(row, ViewRow::Rejects(_)))).then_some(WireRow(row)))
+                .inner
+                .exchange(|_| 0)
+                .inspect_core(move |event| {
+                    if let (true, Ok((_, batch))) = (first, event) {
+                        received.borrow_mut().extend(batch.iter().map(|(row, t, d)| (row.0.clone(), *t, *d)));
+                    }
+                })
+                .probe()
+                .0
+        });
         let served: Vec<Box<dyn ServedView>> = vec![
             Box::new(Served::new(v.sessions, |_, s| schema::session_row(s), seek_user)),
             Box::new(Served::new(v.funnel, schema::funnel_row, |_| None)),
@@ -108,8 +228,33 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
             Box::new(Served::new(v.fraud.scores, schema::score_row, seek_user)),
             Box::new(Served::new(v.fraud.alerts, schema::score_row, seek_user)),
         ];
-        (input, served)
+        (input, served, export_probe)
     });
+    let mut exporter = match (first, export_probe) {
+        (true, Some(probe)) => {
+            let dead_letter = match &ctx.export.dead_letter_topic {
+                Some((connect, topic)) => Some(DeadLetterWriter::open(connect, topic)?),
+                None => None,
+            };
+            Some(Exporter {
+                received,
+                probe,
+                upper: 0,
+                mirrored: ctx.export.mirrored.iter().copied().collect(),
+                feed: ctx.export.feed.clone(),
+                dead_letter,
+                held: Default::default(),
+            })
+        }
+        _ => None,
+    };
+    let mut kafka = match &ctx.kafka {
+        Some(flags) => Some(KafkaSource::open(flags, tick, worker.index(), worker.peers(), false, ctx.kafka_counters.clone())?),
+        None => None,
+    };
+    let mut kafka_batch = Vec::new();
+    let mut in_flight = InFlight::default();
+    let mut frontier: Time = 0;
     let mut peeks: Vec<Peek> = Vec::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let (mut since, mut reported) = (0, (0, 0));
@@ -124,9 +269,38 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
 
     while !ctx.stop.load(Ordering::Relaxed) {
         let now = now_ms() / tick * tick;
-        if now > *input.time() {
-            input.advance_to(now);
-            input.flush();
+        let mut inserted = 0;
+        match &mut kafka {
+            // Without Kafka, time is the wall clock on the tick.
+            None if now > *input.time() => {
+                input.advance_to(now);
+                input.flush();
+            }
+            None => {}
+            // With Kafka, time follows the partitions' clocks; reading pauses while the
+            // views are too far behind.
+            Some(source) => {
+                let behind = |time: Time| time.saturating_sub(frontier) > MAX_LAG_MS;
+                while inserted < KAFKA_PER_STEP && in_flight.count(frontier) < MAX_IN_FLIGHT && !behind(*input.time()) {
+                    kafka_batch.clear();
+                    let Some(time) = source.next_batch(&mut kafka_batch, KAFKA_PER_STEP - inserted)? else { break };
+                    if time > *input.time() {
+                        input.advance_to(time);
+                    }
+                    let n = kafka_batch.len();
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.ingested.inc_by(n as u64);
+                    for record in kafka_batch.drain(..) {
+                        input.insert(record);
+                    }
+                    in_flight.push(time, n);
+                    inserted += n;
+                }
+                input.flush();
+                source.commit(frontier);
+            }
         }
         if let Some(source) = &mut generator {
             // A live generator never ends; it releases what the wall clock has reached.
@@ -174,8 +348,15 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
                 }
             }
         }
-        // Park until the next tick at most; a command wakes the thread earlier.
-        worker.step_or_park(Some(Duration::from_millis((now + tick).saturating_sub(now_ms()).max(1))));
+        if inserted > 0 {
+            worker.step();
+        } else {
+            // Park until the next tick at most; a command wakes the thread earlier.
+            worker.step_or_park(Some(Duration::from_millis((now + tick).saturating_sub(now_ms()).max(1))));
+        }
+        if let Some(exporter) = &mut exporter {
+            exporter.export()?;
+        }
 
         // Peeks whose time every view shard here has now passed.
         peeks.retain(|p| match p.answer(&mut views, since) {
@@ -238,6 +419,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
 
         // Frontier and compaction: keep `history_ms` readable, and whatever is waited for.
         let upper = uppers.iter().copied().min().unwrap_or(Time::MAX);
+        frontier = upper;
         let held = peeks.iter().map(|p| p.as_of).chain(subscriptions.values().filter(|s| s.live.is_none()).map(|s| s.as_of)).min();
         let target = upper.saturating_sub(ctx.history_ms).min(held.unwrap_or(Time::MAX));
         since = since.max(target);
@@ -254,4 +436,8 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) {
     // any more, so the dataflow is dropped instead.
     drop(input);
     worker.drop_dataflow(dataflow);
+    if let Some(writer) = exporter.and_then(|e| e.dead_letter) {
+        writer.flush(Duration::from_secs(10))?;
+    }
+    Ok(())
 }

@@ -1,9 +1,11 @@
-//! Helpers for tests that run the `tidemark` binary.
+//! Helpers for tests that run the `tidemark` binary, and a real PostgreSQL server ([`postgres`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+
+pub mod postgres;
 
 /// A fresh scratch directory under the system temp dir, removed on drop.
 pub struct Scratch(pub PathBuf);
