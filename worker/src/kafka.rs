@@ -158,11 +158,13 @@ pub struct KafkaCounters {
     /// Records ingested at their partition's clock because it had passed their own time
     /// while the partition was idle.
     pub raised: prometheus_client::metrics::counter::Counter,
+    /// Messages the consumer delivered again at an offset already read (skipped).
+    pub redelivered: prometheus_client::metrics::counter::Counter,
 }
 
 /// How long metadata and offset requests may take before they are retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Records buffered per partition before it is paused.
+/// Records buffered per partition before it is no longer polled.
 const PARTITION_BUFFER: usize = 65_536;
 
 /// What librdkafka's statistics last said of one partition.
@@ -218,7 +220,6 @@ struct PartitionState {
     last_received: u64,
     /// Records read but not yet handed out, with their times.
     buffer: VecDeque<(RawRecord, Time)>,
-    paused: bool,
     /// The offset after the last record read.
     next_offset: i64,
     /// The log end at the start (a finite replay stops there).
@@ -273,9 +274,55 @@ impl PartitionState {
     }
 }
 
+/// What taking a message into its partition's buffer needs.
+struct Received<'a> {
+    tick_ms: u64,
+    now: u64,
+    recorded: &'a std::collections::HashMap<(i32, i64), Time>,
+    unrecorded: &'a mut Vec<(String, String)>,
+    counters: &'a KafkaCounters,
+}
+
+impl Received<'_> {
+    /// Gives `message` its time and buffers it.
+    fn take(&mut self, state: &mut PartitionState, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let (partition, offset) = (message.partition(), message.offset());
+        if offset < state.next_offset {
+            // Offsets only grow within a partition: a message delivered again is read once.
+            if self.counters.redelivered.inc() == 0 {
+                tracing::warn!("partition {partition}: offset {offset} delivered again after {}; skipped (counted in kafka_records_redelivered)", state.next_offset - 1);
+            }
+            return;
+        }
+        let timestamp = message.timestamp().to_millis();
+        let (time, raised) = match self.recorded.get(&(partition, offset)) {
+            Some(t) => (state.bind(timestamp, *t, self.tick_ms, self.now), false),
+            None => state.assign(timestamp, self.tick_ms, self.now),
+        };
+        if raised {
+            self.unrecorded.push((format!("{partition}:{offset}"), time.to_string()));
+            let before = self.counters.raised.inc();
+            if before == 0 || (before + 1).is_power_of_two() {
+                tracing::warn!(
+                    "partition {partition}: a record with timestamp {timestamp:?} reached the log after the idle partition's clock passed it; ingested at {time} (raised; {} so far)",
+                    before + 1
+                );
+            }
+        }
+        let record = RawRecord { format: Format::Json, position: kafka_position(partition, offset), bytes: message.payload().unwrap_or_default().to_vec() };
+        state.next_offset = offset + 1;
+        state.buffer.push_back((record, time));
+        self.counters.records.inc();
+    }
+}
+
 /// Reads this worker's partitions of the topic, merged in time order.
 pub struct KafkaSource {
-    consumer: BaseConsumer<SourceContext>,
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    /// Records buffered per partition before it is no longer polled.
+    buffer_limit: usize,
+    /// Each partition's own queue, in the order of `partitions`.
+    queues: Vec<rdkafka::consumer::base_consumer::PartitionQueue<SourceContext>>,
     context: SourceContext,
     topic: String,
     partitions: Vec<PartitionState>,
@@ -347,6 +394,11 @@ impl KafkaSource {
             assignment.add_partition_offset(&topic, *p, Offset::Beginning)?;
         }
         consumer.assign(&assignment).context("assigning partitions")?;
+        let consumer = Arc::new(consumer);
+        let queues = mine
+            .iter()
+            .map(|p| consumer.split_partition_queue(&topic, *p).with_context(|| format!("a queue for partition {p} of {topic}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
         let now = now_ms();
         let mut partitions = Vec::with_capacity(mine.len());
@@ -370,7 +422,6 @@ impl KafkaSource {
                 data_clock: 0,
                 last_received: now,
                 buffer: VecDeque::new(),
-                paused: false,
                 next_offset: 0,
                 end,
                 resume_target,
@@ -408,6 +459,8 @@ impl KafkaSource {
         }
         Ok(KafkaSource {
             consumer,
+            buffer_limit: PARTITION_BUFFER,
+            queues,
             context,
             topic,
             partitions,
@@ -427,50 +480,39 @@ impl KafkaSource {
     /// Reads what the brokers have ready, up to about `max` records.
     fn poll(&mut self, max: usize) -> anyhow::Result<()> {
         let now = now_ms();
-        for _ in 0..max {
-            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
-            let message = match result {
-                Ok(m) => m,
-                Err(e) => {
-                    // Transient broker errors are retried by librdkafka itself.
-                    tracing::warn!("Kafka consumer: {e}");
+        // The main queue serves librdkafka's callbacks (statistics) and errors; every
+        // partition's messages come through its own queue.
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            match result {
+                // Transient broker errors are retried by librdkafka itself.
+                Err(e) => tracing::warn!("Kafka consumer: {e}"),
+                Ok(m) => tracing::warn!("partition {}: a message outside its partition's queue (offset {}); it is read from that queue", m.partition(), m.offset()),
+            }
+        }
+        // A partition whose buffer is full is not polled: its messages wait in librdkafka,
+        // which stops fetching the partition when its queue is full.
+        let share = max / self.partitions.len().max(1) + 1;
+        let mut received = Received { tick_ms: self.tick_ms, now, recorded: &self.recorded, unrecorded: &mut self.unrecorded, counters: &self.counters };
+        for (state, queue) in self.partitions.iter_mut().zip(&self.queues) {
+            for _ in 0..share {
+                if state.buffer.len() >= self.buffer_limit {
                     break;
                 }
-            };
-            let Some(state) = self.partitions.iter_mut().find(|s| s.partition == message.partition()) else { continue };
-            let timestamp = message.timestamp().to_millis();
-            let (time, raised) = match self.recorded.get(&(message.partition(), message.offset())) {
-                Some(t) => (state.bind(timestamp, *t, self.tick_ms, now), false),
-                None => state.assign(timestamp, self.tick_ms, now),
-            };
-            if raised {
-                self.unrecorded.push((format!("{}:{}", message.partition(), message.offset()), time.to_string()));
-                let raised = self.counters.raised.inc();
-                if raised.is_power_of_two() || raised == 0 {
-                    tracing::warn!(
-                        "partition {}: a record with timestamp {timestamp:?} reached the log after the idle partition's clock passed it; ingested at {time} (raised; {} so far)",
-                        message.partition(),
-                        raised + 1
-                    );
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!("Kafka partition {}: {e}", state.partition);
+                        break;
+                    }
+                    Some(Ok(message)) => received.take(state, &message),
                 }
             }
-            let record = RawRecord { format: Format::Json, position: kafka_position(message.partition(), message.offset()), bytes: message.payload().unwrap_or_default().to_vec() };
-            state.next_offset = message.offset() + 1;
-            state.buffer.push_back((record, time));
-            self.counters.records.inc();
         }
         self.record_times()?;
-        let health = self.context.health.lock().expect("no panics holding this lock").clone();
-        for state in &mut self.partitions {
-            if let Some(idle_ms) = self.idle_ms {
+        if let Some(idle_ms) = self.idle_ms {
+            let health = self.context.health.lock().expect("no panics holding this lock").clone();
+            for state in &mut self.partitions {
                 state.idle(now, idle_ms, self.tick_ms, health.get(&state.partition).copied());
-            }
-            let full = state.buffer.len() >= PARTITION_BUFFER;
-            if full != state.paused {
-                let mut list = TopicPartitionList::new();
-                list.add_partition(&self.topic, state.partition);
-                if full { self.consumer.pause(&list) } else { self.consumer.resume(&list) }.context("pausing or resuming a partition")?;
-                state.paused = full;
             }
         }
         Ok(())
@@ -818,7 +860,6 @@ pub fn replay_times(messages: &[ReadMessage], times: &[ReadMessage], tick_ms: u6
                 data_clock: 0,
                 last_received: 0,
                 buffer: VecDeque::new(),
-                paused: false,
                 next_offset: 0,
                 end: None,
                 resume_target: 0,
@@ -843,7 +884,6 @@ mod tests {
             data_clock: 0,
             last_received: 0,
             buffer: VecDeque::new(),
-            paused: false,
             next_offset: 0,
             end: None,
             resume_target: 0,
@@ -906,6 +946,50 @@ mod tests {
         assert_eq!(replay_times(&messages, &[], 10), vec![5_000, 3_000, 5_000, 9_000]);
         let recorded = ReadMessage { partition: 0, offset: 2, timestamp: None, key: Some(b"0:2".to_vec()), payload: b"7000".to_vec(), headers: Vec::new() };
         assert_eq!(replay_times(&messages, &[recorded], 10), vec![5_000, 3_000, 7_000, 9_000], "a recorded time wins");
+    }
+
+    /// Against librdkafka's in-process mock broker: two workers of a cluster split four
+    /// partitions, read every record once, in time order, at its timestamp on the tick,
+    /// also when partitions' buffers fill up.
+    #[test]
+    fn workers_split_the_partitions_and_times_follow_the_timestamps() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseProducer;
+        let cluster = MockCluster::new(1).expect("a mock cluster");
+        cluster.create_topic("events", 4, 1).expect("a topic");
+        cluster.create_topic("events-ingest-times", 1, 1).expect("the times topic");
+        let connect = KafkaConnect { kafka_brokers: Some(cluster.bootstrap_servers()), kafka_topic: "events".to_owned(), kafka_options: Vec::new() };
+        let producer: BaseProducer = connect.client_config().expect("config").create().expect("a producer");
+        let mut sent = std::collections::HashMap::new();
+        for i in 0..4000i64 {
+            let payload = format!("record {i}");
+            let ts = 1_000_000 + i * 7;
+            producer.send(BaseRecord::<(), _>::to("events").partition((i % 4) as i32).payload(&payload).timestamp(ts)).expect("queued");
+            sent.insert(payload.into_bytes(), tick_ceil(ts as u64, 10));
+        }
+        producer.flush(Duration::from_secs(10)).expect("delivered");
+        let flags = KafkaFlags { connect, kafka_group: "test".to_owned(), kafka_idle_ms: 1000, kafka_dead_letter_topic: None, kafka_times_topic: None };
+        let mut seen = std::collections::HashMap::new();
+        for worker in 0..2 {
+            let mut source = KafkaSource::open(&flags, 10, worker, 2, true, Arc::new(KafkaCounters::default())).expect("the source opens");
+            // Small buffers: partitions fill up and wait in librdkafka's queues (a partition
+            // that was paused and resumed here once lost records).
+            source.buffer_limit = 16;
+            assert_eq!(source.partitions(), vec![worker as i32, worker as i32 + 2]);
+            let (mut batch, mut last) = (Vec::new(), 0);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Some(time) = source.next_batch(&mut batch, 7).expect("reads") {
+                assert!(time >= last, "times never decrease");
+                last = time;
+                for record in batch.drain(..) {
+                    let (partition, _) = kafka_origin(record.position).expect("a Kafka position");
+                    assert_eq!(partition as usize % 2, worker, "a partition of this worker");
+                    assert!(seen.insert(record.bytes.clone(), time).is_none(), "read once");
+                }
+                assert!(Instant::now() < deadline, "the replay ends");
+            }
+        }
+        assert_eq!(seen, sent, "every record, at its timestamp on the tick");
     }
 
     #[test]

@@ -323,6 +323,7 @@ impl IoMetrics {
             "Records that reached the log after their idle partition's clock passed them (ingested at the clock, time recorded)",
             kafka.raised.clone(),
         );
+        registry.register("kafka_records_redelivered", "Messages delivered again at an offset already read (skipped)", kafka.redelivered.clone());
         let sink: [Gauge; 7] = Default::default();
         let names = [
             ("sink_frontier_ms", "The PostgreSQL tables hold the views as of this time minus one (ms since the epoch)"),
