@@ -28,7 +28,7 @@ use tidemark_dataflows::views::{build, ViewConfig, ViewRow};
 use crate::config::RunArgs;
 use crate::output::Outputs;
 use crate::kafka::KafkaSource;
-use crate::source::{now_ms, FileSource, GeneratorSource, InFlight, Source};
+use crate::source::{now_ms, probe_frontier, FileSource, GeneratorSource, InFlight, Source};
 use crate::summary::Summary;
 
 /// How far (ms of ingestion time) a worker may read ahead of the views' frontier.
@@ -234,7 +234,6 @@ fn run_worker(
     let mut since_step = 0usize;
     // Live sources are stepped at once; replays in large steps.
     let live = if args.kafka.enabled() { args.kafka_follow } else { args.input.is_none() && !args.max_speed };
-    let frontier = |probe: &timely::dataflow::ProbeHandle<Time>| probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
     while !shared.stop.load(Ordering::Relaxed) {
         batch.clear();
         let Some(time) = source.next_batch(&mut batch, BATCH)? else { break };
@@ -259,16 +258,16 @@ fn run_worker(
         }
         in_flight.push(time, inserted);
         let horizon = input.time().saturating_sub(MAX_LAG_MS);
-        if probe.less_than(&horizon) || in_flight.count(frontier(&probe)) > MAX_IN_FLIGHT {
+        if probe.less_than(&horizon) || in_flight.count(probe_frontier(&probe)) > MAX_IN_FLIGHT {
             // Too far ahead: expose what was inserted and let the views catch up.
             input.flush();
-            while probe.less_than(&horizon) || in_flight.count(frontier(&probe)) > MAX_IN_FLIGHT {
+            while probe.less_than(&horizon) || in_flight.count(probe_frontier(&probe)) > MAX_IN_FLIGHT {
                 worker.step();
             }
             since_step = 0;
         }
         if index == 0 {
-            shared.frontier.store(frontier(&probe), Ordering::Relaxed);
+            shared.frontier.store(probe_frontier(&probe), Ordering::Relaxed);
         }
     }
 

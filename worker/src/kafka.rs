@@ -243,6 +243,21 @@ impl PartitionState {
         (time, raised)
     }
 
+    /// A partition not read yet; `now` counts as its last receipt.
+    fn new(partition: i32, now: u64) -> Self {
+        PartitionState {
+            partition,
+            clock: 0,
+            data_clock: 0,
+            last_received: now,
+            buffer: VecDeque::new(),
+            next_offset: 0,
+            end: None,
+            resume_target: 0,
+            handed_out: VecDeque::new(),
+        }
+    }
+
     /// The recorded time of a record raised in an earlier run.
     fn bind(&mut self, timestamp: Option<i64>, recorded: Time, tick_ms: u64, now: u64) -> Time {
         let own = timestamp.map_or(self.data_clock, |ts| tick_ceil(ts.max(0) as u64, tick_ms));
@@ -300,7 +315,7 @@ impl Received<'_> {
             None => state.assign(timestamp, self.tick_ms, self.now),
         };
         if raised {
-            self.unrecorded.push((format!("{partition}:{offset}"), time.to_string()));
+            self.unrecorded.push((origin_key(partition, offset), time.to_string()));
             let before = self.counters.raised.inc();
             if before == 0 || (before + 1).is_power_of_two() {
                 tracing::warn!(
@@ -416,34 +431,20 @@ impl KafkaSource {
                 .and_then(|e| e.offset().to_raw())
                 .filter(|o| *o > 0)
                 .unwrap_or(0);
-            partitions.push(PartitionState {
-                partition: p,
-                clock: 0,
-                data_clock: 0,
-                last_received: now,
-                buffer: VecDeque::new(),
-                next_offset: 0,
-                end,
-                resume_target,
-                handed_out: VecDeque::new(),
-            });
+            partitions.push(PartitionState { end, resume_target, ..PartitionState::new(p, now) });
         }
         let times_topic = flags.times_topic();
         let mut recorded = std::collections::HashMap::new();
-        if !finite {
-            ensure_topic(&flags.connect, &times_topic)?;
-        }
-        if topic_exists(&flags.connect, &times_topic)? {
+        // A finite replay only reads the times; a live source also writes them.
+        let times_exist = if finite { topic_exists(&flags.connect, &times_topic)? } else { ensure_topic(&flags.connect, &times_topic).map(|()| true)? };
+        if times_exist {
             for m in read_topic(&flags.connect, &times_topic)? {
-                let key = m.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-                let parsed = key.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
-                let time = std::str::from_utf8(&m.payload).ok().and_then(|t| t.parse::<Time>().ok());
-                match (parsed, time) {
-                    (Some((p, o)), Some(t)) if p as usize % peers == index => {
+                match parse_recorded(&m) {
+                    Some(((p, o), t)) if p as usize % peers == index => {
                         recorded.insert((p, o), t);
                     }
-                    (Some(_), Some(_)) => {}
-                    _ => tracing::warn!("{times_topic}: ignoring a message that is not `partition:offset` -> time"),
+                    Some(_) => {}
+                    None => tracing::warn!("{times_topic}: ignoring a message that is not `partition:offset` -> time"),
                 }
             }
         }
@@ -529,17 +530,7 @@ impl KafkaSource {
         };
         let failed = counter.failed.load(Ordering::Relaxed);
         for (key, time) in &self.unrecorded {
-            let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(time.as_bytes());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => anyhow::bail!("recording ingestion times in {topic}: {e}"),
-                }
-            }
+            send_waiting(producer, BaseRecord::to(topic).key(key.as_bytes()).payload(time.as_bytes())).with_context(|| format!("recording ingestion times in {topic}"))?;
         }
         producer.flush(Duration::from_secs(300)).with_context(|| format!("recording ingestion times in {topic}"))?;
         anyhow::ensure!(
@@ -626,6 +617,34 @@ impl Source for KafkaSource {
     }
 }
 
+/// Queues `record`, waiting while librdkafka's queue is full (it drains as the brokers
+/// acknowledge); any other error is returned.
+pub fn send_waiting(producer: &ThreadedProducer<DeliveryCounter>, mut record: BaseRecord<'_, [u8], [u8]>) -> rdkafka::error::KafkaResult<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// The key of a Kafka record's identity in the times and dead-letter topics.
+fn origin_key(partition: i32, offset: i64) -> String {
+    format!("{partition}:{offset}")
+}
+
+/// A times-topic message: the record's (partition, offset) and its recorded time.
+fn parse_recorded(m: &ReadMessage) -> Option<((i32, i64), Time)> {
+    let key = std::str::from_utf8(m.key.as_deref()?).ok()?;
+    let (p, o) = key.split_once(':')?;
+    let time = std::str::from_utf8(&m.payload).ok()?.parse().ok()?;
+    Some(((p.parse().ok()?, o.parse().ok()?), time))
+}
+
 /// Counts failed deliveries of a producer.
 #[derive(Clone, Default)]
 pub struct DeliveryCounter {
@@ -692,7 +711,7 @@ impl DeadLetterWriter {
     /// Copies `reject` unless it is already there.
     pub fn write(&mut self, reject: &Reject) -> anyhow::Result<()> {
         let key = match kafka_origin(reject.position) {
-            Some((p, o)) => format!("{p}:{o}"),
+            Some((p, o)) => origin_key(p, o),
             None => format!("ingest:{}", reject.position),
         };
         if !self.written.insert(key.clone()) {
@@ -703,21 +722,10 @@ impl DeadLetterWriter {
             .insert(Header { key: "tidemark-reason", value: Some(reject.reason.name()) })
             .insert(Header { key: "tidemark-detail", value: Some(reject.detail.as_str()) })
             .insert(Header { key: "tidemark-ingest-time", value: Some(time.as_str()) });
-        let mut record = BaseRecord::to(&self.topic).key(key.as_bytes()).payload(&reject.raw[..]).headers(headers);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
-                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    // The queue drains as the brokers acknowledge.
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => anyhow::bail!("writing to the dead-letter topic {}: {e}", self.topic),
-            }
-        }
+        let record = BaseRecord::to(&self.topic).key(key.as_bytes()).payload(&reject.raw[..]).headers(headers);
+        send_waiting(&self.producer, record).with_context(|| format!("writing to the dead-letter topic {}", self.topic))?;
+        self.sent += 1;
+        Ok(())
     }
 
     /// Copies sent so far.
@@ -846,26 +854,13 @@ pub fn read_topic(connect: &KafkaConnect, topic: &str) -> anyhow::Result<Vec<Rea
 /// when a worker replays them with the times recorded in `times` (the messages of the
 /// times topic).
 pub fn replay_times(messages: &[ReadMessage], times: &[ReadMessage], tick_ms: u64) -> Vec<Time> {
-    let recorded: std::collections::HashMap<String, Time> = times
-        .iter()
-        .filter_map(|m| Some((String::from_utf8(m.key.clone()?).ok()?, std::str::from_utf8(&m.payload).ok()?.parse().ok()?)))
-        .collect();
+    let recorded: std::collections::HashMap<(i32, i64), Time> = times.iter().filter_map(parse_recorded).collect();
     let mut clocks: std::collections::HashMap<i32, PartitionState> = std::collections::HashMap::new();
     messages
         .iter()
         .map(|m| {
-            let state = clocks.entry(m.partition).or_insert_with(|| PartitionState {
-                partition: m.partition,
-                clock: 0,
-                data_clock: 0,
-                last_received: 0,
-                buffer: VecDeque::new(),
-                next_offset: 0,
-                end: None,
-                resume_target: 0,
-                handed_out: VecDeque::new(),
-            });
-            match recorded.get(&format!("{}:{}", m.partition, m.offset)) {
+            let state = clocks.entry(m.partition).or_insert_with(|| PartitionState::new(m.partition, 0));
+            match recorded.get(&(m.partition, m.offset)) {
                 Some(t) => state.bind(m.timestamp, *t, tick_ms.max(1), 0),
                 None => state.assign(m.timestamp, tick_ms.max(1), 0).0,
             }
@@ -878,17 +873,7 @@ mod tests {
     use super::*;
 
     fn state() -> PartitionState {
-        PartitionState {
-            partition: 0,
-            clock: 0,
-            data_clock: 0,
-            last_received: 0,
-            buffer: VecDeque::new(),
-            next_offset: 0,
-            end: None,
-            resume_target: 0,
-            handed_out: VecDeque::new(),
-        }
+        PartitionState::new(0, 0)
     }
 
     #[test]

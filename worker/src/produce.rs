@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use tidemark_dataflows::decode::RawRecord;
 
 use crate::config::GeneratorFlags;
-use crate::kafka::{producer, DeliveryCounter, KafkaConnect};
+use crate::kafka::{producer, send_waiting, DeliveryCounter, KafkaConnect};
 use crate::source::{now_ms, GeneratorSource, Source};
 
 /// `tidemark produce`.
@@ -157,16 +157,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
         if let Some(key) = &key {
             record = record.key(key.as_bytes());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => anyhow::bail!("sending to {topic}: {e}"),
-            }
-        }
+        send_waiting(&producer, record).with_context(|| format!("sending to {topic}"))?;
         sent += 1;
         if !args.quiet && last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();

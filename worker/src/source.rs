@@ -218,6 +218,11 @@ impl Source for GeneratorSource {
     }
 }
 
+/// The least time a probe may still see (`Time::MAX` once the dataflow is done).
+pub fn probe_frontier(probe: &timely::dataflow::ProbeHandle<Time>) -> Time {
+    probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX))
+}
+
 /// Records inserted at times the views' frontier has not passed yet.
 #[derive(Default)]
 pub struct InFlight {

@@ -256,7 +256,7 @@ where
     V: differential_dataflow::ExchangeData,
 {
     fn upper(&self) -> Time {
-        self.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX))
+        crate::source::probe_frontier(&self.probe)
     }
 
     fn trace_upper(&mut self) -> Time {

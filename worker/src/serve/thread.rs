@@ -26,7 +26,7 @@ use super::schema;
 use crate::driver::{MAX_IN_FLIGHT, MAX_LAG_MS};
 use crate::kafka::{DeadLetterWriter, KafkaConnect, KafkaCounters, KafkaFlags, KafkaSource};
 use crate::sink::postgres::SinkFeed;
-use crate::source::{now_ms, GeneratorSource, InFlight, Source};
+use crate::source::{now_ms, probe_frontier, GeneratorSource, InFlight, Source};
 
 /// Most generated records inserted per loop iteration.
 const GENERATED_PER_STEP: usize = 50_000;
@@ -80,7 +80,7 @@ impl Exporter {
     /// Hands the changes at times the export's frontier has passed to the dead-letter
     /// writer and then to the sink.
     fn export(&mut self) -> anyhow::Result<()> {
-        let frontier = self.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+        let frontier = probe_frontier(&self.probe);
         if frontier > self.upper {
             let mut ready: Vec<(ViewRow, Time, isize)> = Vec::new();
             {
