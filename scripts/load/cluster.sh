@@ -87,6 +87,8 @@ start_cluster() {
     # (the redirection happens in the background child).
     rm -f "$TMP/worker.log" "$TMP/coordinator.log"
     WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely${WORKER_FLAGS:+ $WORKER_FLAGS}"
+    # When the worker process started (wall clock, ms), for tests that time its start.
+    WORKER_STARTED_MS=$(date +%s%3N)
     $WORKER_CMD >"$TMP/worker.log" 2>&1 &
     WORKER_PID=$!
     grpc=$(listening_port worker "$TMP/worker.log")
@@ -126,13 +128,15 @@ run_once() {
 }
 
 LOAD_BEFORE=
+# What else runs on the machine during a test (a test may set it before calling machine_facts).
+MACHINE_SHARED=${MACHINE_SHARED:-the load tool, the worker and the coordinator all run on it}
 machine_facts() {
     local cpu mem commit
     cpu=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     mem=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
     commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit="$commit (with uncommitted changes)"; fi
-    echo "- Machine: $(nproc) CPUs ($cpu), $mem GiB memory, shared with other work (the load tool, the worker and the coordinator all run on it); load average $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
+    echo "- Machine: $(nproc) CPUs ($cpu), $mem GiB memory, shared with other work ($MACHINE_SHARED); load average $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     echo "- Toolchain: $(rustc --version); release profile"
     echo "- Commit: $commit"
 }
@@ -186,4 +190,21 @@ positive_integers() {
     for v in "$@"; do
         [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
     done
+}
+
+# A Python virtualenv in target/bench-venv with the peers and the charting library at
+# pinned versions, installed once and reused; sets PY to its interpreter.
+BENCH_PACKAGES=(pyspark==4.3.0 duckdb==2.0.0 matplotlib==3.11.2)
+bench_venv() {
+    local venv=target/bench-venv
+    PY=$venv/bin/python
+    "$PY" -c 'import pyspark, duckdb, matplotlib' 2>/dev/null && return 0
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        [[ $(id -u) -eq 0 ]] || die "python3-venv is missing; install it (apt-get install python3-venv) or run as root"
+        log "installing python3-venv with apt"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    log "installing ${BENCH_PACKAGES[*]} into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "${BENCH_PACKAGES[@]}" >&2
 }
