@@ -1,7 +1,8 @@
-# Shared by scripts/load-query and scripts/load-freshness (sourced, not run): build,
-# start a cluster of one worker process (THREADS timely threads) and a coordinator on
-# loopback ports the kernel picks, notice when one of them dies, stop both on exit, machine facts,
-# medians, and replacing one section of docs/BENCHMARKS.md.
+# Shared by scripts/load-query, scripts/load-freshness and scripts/load-throughput
+# (sourced, not run): build, start a cluster of one worker process (THREADS timely
+# threads) and a coordinator on loopback ports the kernel picks, notice when one of them
+# dies, stop both on exit, machine facts, medians, and replacing one section of
+# docs/BENCHMARKS.md.
 #
 # The caller sets NAME (for log lines) before sourcing.
 
@@ -109,7 +110,8 @@ start_cluster() {
 }
 
 # Runs the load tool (arguments after the subcommand) against a fresh cluster; its JSON
-# line is appended to the file $1. Progress goes to stderr.
+# line is appended to the file $1. Progress goes to stderr. A function `after_run`, if the
+# caller defines one, runs before the cluster stops (to read its peak memory, say).
 run_once() {
     local out=$1
     shift
@@ -124,6 +126,7 @@ run_once() {
     check_alive "during the run"
     grep -E '^\[.*\] (ack|markers|offered|lookups|ingest|range)' "$TMP/run.err" | sed 's/^/    /' >&2 || true
     tail -n 1 "$TMP/run.json" >>"$out"
+    if declare -F after_run >/dev/null; then after_run; fi
     stop_cluster
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tidemark_proto::v1::tidemark_client::TidemarkClient;
 use tidemark_proto::v1::{IngestRequest, IngestResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
@@ -60,7 +60,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn add(counter: &AtomicU64, n: usize) {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -93,41 +94,145 @@ pub struct Pace {
     pub until: Instant,
 }
 
-/// One open Ingest stream.
-struct Stream {
+/// One open Ingest stream. Every request sent carries a value of the caller's (`T`)
+/// until its acknowledgement, which hands the value to the stream's `on_ack`; the values
+/// of requests never acknowledged (the stream failed) can be taken back with
+/// [`Stream::unacknowledged`], to resend them.
+pub struct Stream<T> {
     requests: mpsc::Sender<IngestRequest>,
-    /// (events, marker) of each request sent and not yet acknowledged, in order.
-    in_flight: Arc<Mutex<VecDeque<(usize, bool)>>>,
+    /// (events, value) of each request sent and not yet acknowledged, in order.
+    in_flight: Arc<Mutex<VecDeque<(usize, T)>>>,
     reader: tokio::task::JoinHandle<()>,
+    /// Closed when the reader has stopped (its sender is dropped with the task).
+    ended: watch::Receiver<()>,
+    /// When the stream last made progress: opened, acknowledged a request, or was sent
+    /// one while none was waiting.
+    heard: Arc<Mutex<Instant>>,
 }
 
-async fn open(client: &mut TidemarkClient<Channel>, counters: &Arc<Counters>, acks: &Option<mpsc::UnboundedSender<Ack>>) -> Result<Stream, tonic::Status> {
-    let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
-    let mut responses = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
-    let in_flight: Arc<Mutex<VecDeque<(usize, bool)>>> = Arc::default();
-    let (pending, counters, acks) = (in_flight.clone(), counters.clone(), acks.clone());
-    let reader = tokio::spawn(async move {
-        loop {
-            match responses.message().await {
-                Ok(Some(response)) => {
-                    let at = Instant::now();
-                    let (events, marker) = pending.lock().expect("no panics while queueing").pop_front().expect("one acknowledgement per request sent");
-                    Counters::add(&counters.acked, events);
-                    Counters::add(&counters.rejected, response.rejects.len());
-                    if let Some(acks) = &acks {
-                        let _ = acks.send(Ack { events, marker, response, at });
+/// Why a stream needs replacing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trouble {
+    /// It ended (failed, or was closed by the coordinator).
+    Ended,
+    /// Requests are waiting and nothing was acknowledged for the given time.
+    Stalled,
+}
+
+impl<T: Send + 'static> Stream<T> {
+    /// Opens a stream. `on_ack(value, events, response, received at)` runs on the
+    /// stream's reader task for every acknowledgement, in request order; it must not block.
+    /// Acknowledged and rejected events and a failed stream's status are counted in
+    /// `counters`.
+    pub async fn open(
+        client: &mut TidemarkClient<Channel>,
+        counters: &Arc<Counters>,
+        mut on_ack: impl FnMut(T, usize, IngestResponse, Instant) + Send + 'static,
+    ) -> Result<Self, tonic::Status> {
+        let (requests, rx) = mpsc::channel(QUEUED_REQUESTS);
+        let mut responses = client.ingest(ReceiverStream::new(rx)).await?.into_inner();
+        let in_flight: Arc<Mutex<VecDeque<(usize, T)>>> = Arc::default();
+        let heard = Arc::new(Mutex::new(Instant::now()));
+        let (pending, counters, last) = (in_flight.clone(), counters.clone(), heard.clone());
+        let (alive, ended) = watch::channel(());
+        let reader = tokio::spawn(async move {
+            let _alive = alive;
+            loop {
+                match responses.message().await {
+                    Ok(Some(response)) => {
+                        let at = Instant::now();
+                        let (events, value) = pending.lock().expect("no panics while queueing").pop_front().expect("one acknowledgement per request sent");
+                        *last.lock().expect("no panics while timing") = at;
+                        Counters::add(&counters.acked, events);
+                        Counters::add(&counters.rejected, response.rejects.len());
+                        on_ack(value, events, response, at);
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        counters.errors.lock().expect("no panics while counting").count(status.code());
+                        eprintln!("[ingest] the Ingest stream failed: {status}");
+                        break;
                     }
                 }
-                Ok(None) => break,
-                Err(status) => {
-                    counters.errors.lock().expect("no panics while counting").count(status.code());
-                    eprintln!("[ingest] the Ingest stream failed: {status}");
-                    break;
-                }
             }
+        });
+        Ok(Stream { requests, in_flight, reader, ended, heard })
+    }
+
+    /// Sends a request of `events` carrying `value` (waiting while the stream's small
+    /// queue is full). False when the stream has closed: the request then stays
+    /// unacknowledged.
+    pub async fn send(&self, events: Vec<Vec<u8>>, value: T) -> bool {
+        {
+            let mut in_flight = self.in_flight.lock().expect("no panics while queueing");
+            if in_flight.is_empty() {
+                *self.heard.lock().expect("no panics while timing") = Instant::now();
+            }
+            in_flight.push_back((events.len(), value));
         }
-    });
-    Ok(Stream { requests, in_flight, reader })
+        self.requests.send(IngestRequest { events }).await.is_ok()
+    }
+
+    /// Whether the stream has ended (failed, or closed by the coordinator).
+    pub fn has_ended(&self) -> bool {
+        self.reader.is_finished()
+    }
+
+    /// Resolves once the stream has ended.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.clone();
+        while ended.changed().await.is_ok() {}
+    }
+
+    /// Resolves once requests are waiting and none was acknowledged for `timeout`.
+    pub async fn stalled(&self, timeout: Duration) {
+        loop {
+            let waiting = !self.in_flight.lock().expect("no panics while queueing").is_empty();
+            let due = *self.heard.lock().expect("no panics while timing") + timeout;
+            let now = Instant::now();
+            if waiting && now >= due {
+                return;
+            }
+            // Nothing waiting: look again shortly (a send restarts the clock).
+            tokio::time::sleep_until(if waiting { due } else { now + Duration::from_millis(100) }.into()).await;
+        }
+    }
+
+    /// Resolves when the stream needs replacing (see [`Trouble`]).
+    pub async fn trouble(&self, timeout: Duration) -> Trouble {
+        tokio::select! {
+            () = self.ended() => Trouble::Ended,
+            () = self.stalled(timeout) => Trouble::Stalled,
+        }
+    }
+
+    /// Gives up on the stream (no acknowledgement is taken from it any more); returns the
+    /// values of the requests it did not acknowledge, oldest first.
+    pub async fn abandon(self) -> Vec<T> {
+        self.reader.abort();
+        let Stream { in_flight, reader, .. } = self;
+        let _ = reader.await;
+        let mut in_flight = in_flight.lock().expect("no panics while queueing");
+        in_flight.drain(..).map(|(_, value)| value).collect()
+    }
+
+    /// Requests sent and not acknowledged: their values, oldest first (taken out).
+    pub fn unacknowledged(&self) -> Vec<T> {
+        self.in_flight.lock().expect("no panics while queueing").drain(..).map(|(_, value)| value).collect()
+    }
+
+    /// Requests sent and not yet acknowledged.
+    pub fn waiting(&self) -> usize {
+        self.in_flight.lock().expect("no panics while queueing").len()
+    }
+
+    /// Ends the sending side and waits, at most `drain`, for the outstanding
+    /// acknowledgements.
+    pub async fn close(self, drain: Duration) {
+        let Stream { requests, reader, .. } = self;
+        drop(requests);
+        let _ = tokio::time::timeout(drain, reader).await;
+    }
 }
 
 /// Ingests `make(n)` requests at the pace until `pace.until`, then waits (at most
@@ -145,7 +250,7 @@ pub async fn run(
     let mut ticks = tokio::time::interval(pace.tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut done: u64 = 0;
-    let mut stream: Option<Stream> = None;
+    let mut stream: Option<Stream<bool>> = None;
     loop {
         ticks.tick().await;
         let now = Instant::now();
@@ -153,11 +258,17 @@ pub async fn run(
             break;
         }
         let due = schedule.due(now - start);
-        if stream.as_ref().is_some_and(|s| s.reader.is_finished()) {
+        if stream.as_ref().is_some_and(Stream::has_ended) {
             stream = None;
         }
         if stream.is_none() {
-            match open(&mut client, &counters, &acks).await {
+            let acks = acks.clone();
+            let on_ack = move |marker, events, response, at| {
+                if let Some(acks) = &acks {
+                    let _ = acks.send(Ack { events, marker, response, at });
+                }
+            };
+            match Stream::open(&mut client, &counters, on_ack).await {
                 Ok(s) => stream = Some(s),
                 Err(status) => {
                     counters.errors.lock().expect("no panics while counting").count(status.code());
@@ -170,8 +281,7 @@ pub async fn run(
         for n in split(due - done, pace.max_batch) {
             let request = make(n);
             let size = request.events.len();
-            s.in_flight.lock().expect("no panics while queueing").push_back((size, request.marker));
-            if s.requests.send(IngestRequest { events: request.events }).await.is_err() {
+            if !s.send(request.events, request.marker).await {
                 break;
             }
             Counters::add(&counters.sent, size);
@@ -179,8 +289,7 @@ pub async fn run(
         // Due events of a failed stream are dropped, not resent: the offered rate holds.
         done = due;
     }
-    if let Some(Stream { requests, reader, .. }) = stream {
-        drop(requests);
-        let _ = tokio::time::timeout(drain, reader).await;
+    if let Some(stream) = stream {
+        stream.close(drain).await;
     }
 }

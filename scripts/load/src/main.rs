@@ -4,16 +4,20 @@
 //!   from each lookup's intended send time (open loop).
 //! - `freshness`: time from an Ingest acknowledgement to the change it causes arriving
 //!   on a subscription, while ingesting at an offered rate.
+//! - `replay`: a file of JSON lines through one Ingest stream as fast as it is
+//!   acknowledged (or at a rate), until all of it is visible: events/s, and per request
+//!   the latency to its acknowledgement and to its visibility.
 //!
-//! Both print progress to stderr once a second and, at the end, a summary to stderr and
-//! one JSON line to stdout (what `scripts/load-query` and `scripts/load-freshness`
-//! parse). `wait` waits for a coordinator to answer `ListViews`.
+//! All three print progress to stderr once a second and, at the end, a summary to stderr and
+//! one JSON line to stdout (what `scripts/load-query`, `scripts/load-freshness` and
+//! `scripts/load-throughput` parse). `wait` waits for a coordinator to answer `ListViews`.
 
 mod freshness;
 mod ingest;
 mod markers;
 mod pacing;
 mod query;
+mod replay;
 mod summary;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +41,8 @@ enum Test {
     Query(query::QueryArgs),
     /// Time from an Ingest acknowledgement to the change arriving on a subscription.
     Freshness(freshness::FreshnessArgs),
+    /// A file of JSON lines through one Ingest stream, until all of it is visible.
+    Replay(replay::ReplayArgs),
     /// Waits until the coordinator answers ListViews with views; prints their names.
     Wait {
         /// The coordinator's public API.
@@ -142,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         match cli.test {
             Test::Query(args) => query::run(args).await,
             Test::Freshness(args) => freshness::run(args).await,
+            Test::Replay(args) => replay::run(args).await,
             Test::Wait { target, timeout } => wait(&target, Duration::from_secs(timeout)).await,
         }
     })
