@@ -11,7 +11,7 @@ Modes:
   --pace-file F    wait for the files a pacer writes, in order, and record for each
                    batch the time from the file's creation (its name's line in F: name
                    and wall-clock seconds) to the rebuilt table; stop after --follow
-                   rows
+                   files
 
 Writes --out (final windows, kpis.write_rows) and --progress (one JSON line per batch).
 """
@@ -91,7 +91,7 @@ if args.pace_file is None:
         progress.write(json.dumps({"batch": seq, "rows": n, "step_ms": round((t1 - t0) * 1000, 3)}) + "\n")
 else:
     seen = 0
-    while rows < args.follow:
+    while batches < args.follow:
         with open(args.pace_file) as f:
             written = [line.split() for line in f if line.strip()]
         if seen >= len(written):

@@ -9,9 +9,9 @@ dashboard table would.
 
 Modes:
   --available-now   process the files already there, as fast as possible, then stop
-  --follow N        keep running until N input rows were processed (files are written
-                    into the directory by a pacer while it runs); --ready FILE is
-                    created once the query has started
+  --follow N        keep running until N files were processed, one micro-batch each
+                    (files are written into the directory by a pacer while it runs);
+                    --ready FILE is created once the query has started
 
 Writes --out (the final windows, kpis.write_rows) and --progress (one JSON line per
 micro-batch: id, input rows, trigger duration, commit time, rows dropped by the
@@ -38,7 +38,7 @@ parser.add_argument("--shuffle-partitions", type=int, default=4)
 parser.add_argument("--checkpoint", required=True)
 mode = parser.add_mutually_exclusive_group(required=True)
 mode.add_argument("--available-now", action="store_true")
-mode.add_argument("--follow", type=int, metavar="ROWS")
+mode.add_argument("--follow", type=int, metavar="FILES")
 parser.add_argument("--ready")
 args = parser.parse_args()
 
@@ -113,7 +113,7 @@ if args.available_now:
     query.awaitTermination()
 else:
     while True:
-        done = sum(p["numInputRows"] for p in query.recentProgress)
+        done = sum(1 for p in query.recentProgress if p["numInputRows"] > 0)
         if done >= args.follow or query.exception() is not None:
             break
         time.sleep(0.05)

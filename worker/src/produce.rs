@@ -64,7 +64,9 @@ fn user_key(bytes: &[u8]) -> Option<String> {
 
 /// Where the records come from.
 enum Records {
-    File(std::io::Lines<BufReader<File>>),
+    /// Byte lines, not text lines: a line that is not UTF-8 is a record too (the views
+    /// reject it as malformed and the dead-letter topic keeps its bytes).
+    File(std::io::Split<BufReader<File>>),
     Generated { source: Box<GeneratorSource>, buffer: std::collections::VecDeque<RawRecord> },
 }
 
@@ -82,8 +84,13 @@ impl Records {
             Records::File(lines) => loop {
                 match lines.next().transpose()? {
                     // Blank lines are not records (as in a file replay).
-                    Some(line) if line.trim().is_empty() => continue,
-                    Some(line) => return Ok(Next::Record(line.into_bytes())),
+                    Some(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Some(mut line) => {
+                        while line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                        return Ok(Next::Record(line));
+                    }
                     None => return Ok(Next::Done),
                 }
             },
@@ -115,7 +122,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(problems.is_empty(), "invalid configuration:\n  {}", problems.join("\n  "));
     let limit = args.events.unwrap_or(u64::MAX);
     let mut records = match &args.input {
-        Some(path) => Records::File(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?).lines()),
+        Some(path) => Records::File(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?).split(b'\n')),
         None => {
             let span_ms = (limit as f64 / args.generator.rate as f64 * 1000.0) as i64;
             let start = if args.max_speed { now_ms() as i64 - span_ms } else { now_ms() as i64 };
@@ -182,7 +189,24 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::user_key;
+    use super::{user_key, Next, Records};
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn file_records_are_byte_lines() {
+        let path = std::env::temp_dir().join(format!("tidemark-produce-{}.jsonl", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"{\"a\":1}\r\n\n  \n\xff\xfe garbage\n{\"b\":2}").unwrap();
+        drop(f);
+        let mut records = Records::File(BufReader::new(std::fs::File::open(&path).unwrap()).split(b'\n'));
+        let mut got = Vec::new();
+        while let Next::Record(r) = records.next().unwrap() {
+            got.push(r);
+        }
+        std::fs::remove_file(&path).unwrap();
+        let want: Vec<&[u8]> = vec![b"{\"a\":1}", b"\xff\xfe garbage", b"{\"b\":2}"];
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn keys_are_user_ids() {
