@@ -26,6 +26,10 @@
 //!    ([`crate::clv`]), and `fraud_features`, `fraud_scores` and `fraud_alerts`
 //!    ([`crate::fraud`]), over the same valid events.
 //!
+//! [`build`] builds all of them, as the engine does; [`build_parts`] builds the same
+//! operators for only some views ([`Part`]), to measure what each holds
+//! (`dataflows/examples/state_memory.rs`).
+//!
 //! Every view below is a collection of rows at ingestion times ([`Time`], ms on a tick).
 //! A diff of `+1` means the row is in the view from that time on, `-1` that it leaves;
 //! the count of a row at time `t` is the sum of its diffs at times `<= t`, never
@@ -321,6 +325,147 @@ impl<'scope> Views<'scope> {
 
 /// Builds every view over `records`.
 pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig) -> Views<'scope> {
+    let v = build_parts(records, config, &Part::ALL);
+    let built = "every part is built";
+    Views {
+        events: v.events,
+        sessions: v.sessions.expect(built),
+        funnel: v.funnel.expect(built),
+        kpis: v.kpis.expect(built),
+        rejected_by_reason: v.rejected_by_reason.expect(built),
+        rejects: v.rejects.expect(built),
+        clv: v.clv.expect(built),
+        fraud: v.fraud.expect(built),
+    }
+}
+
+/// A part of the dataflow that [`build_parts`] can build or leave out: one view, or a
+/// group of views built together (for measuring what each holds; the engine builds all).
+/// Decoding, expiry and deduplication, which produce the valid events and the rejects,
+/// are always built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// `sessions` (with the events arranged by user).
+    Sessions,
+    /// `funnel` (needs `sessions`).
+    Funnel,
+    /// `kpis` (needs `funnel`, for its session counts).
+    Kpis,
+    /// `rejected_by_reason`.
+    RejectedByReason,
+    /// `rejects`.
+    Rejects,
+    /// `customer_rfm`, `clv_model` and `customer_clv`.
+    Clv,
+    /// `fraud_features`, `fraud_scores` and `fraud_alerts`.
+    Fraud,
+}
+
+impl Part {
+    /// Every part, in the order they are built.
+    pub const ALL: [Part; 7] = [Part::Sessions, Part::Funnel, Part::Kpis, Part::RejectedByReason, Part::Rejects, Part::Clv, Part::Fraud];
+
+    /// The part's name: its view's name, or `clv` and `fraud` for the groups.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Sessions => "sessions",
+            Part::Funnel => "funnel",
+            Part::Kpis => "kpis",
+            Part::RejectedByReason => "rejected_by_reason",
+            Part::Rejects => "rejects",
+            Part::Clv => "clv",
+            Part::Fraud => "fraud",
+        }
+    }
+
+    /// The part named `name` (see [`Part::name`]).
+    pub fn from_name(name: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The views the part maintains.
+    pub fn views(self) -> &'static [&'static str] {
+        match self {
+            Part::Sessions => &["sessions"],
+            Part::Funnel => &["funnel"],
+            Part::Kpis => &["kpis"],
+            Part::RejectedByReason => &["rejected_by_reason"],
+            Part::Rejects => &["rejects"],
+            Part::Clv => &["customer_rfm", "clv_model", "customer_clv"],
+            Part::Fraud => &["fraud_features", "fraud_scores", "fraud_alerts"],
+        }
+    }
+
+    /// The other parts this one is computed from, which [`build_parts`] builds with it.
+    pub fn needs(self) -> &'static [Part] {
+        match self {
+            Part::Funnel => &[Part::Sessions],
+            Part::Kpis => &[Part::Sessions, Part::Funnel],
+            _ => &[],
+        }
+    }
+}
+
+/// What [`build_parts`] built: the valid events and the rejects, and the views of the
+/// parts asked for (with the parts they need); the others are `None`.
+pub struct PartViews<'scope> {
+    /// Valid (deduplicated, not retracted, not expired) events.
+    pub events: VecCollection<'scope, Time, Arc<Event>>,
+    /// Every reject, duplicates included, until it expires.
+    pub all_rejects: VecCollection<'scope, Time, Reject>,
+    /// See [`Views::sessions`].
+    pub sessions: Option<ViewArrangement<'scope, u64, SessionRow>>,
+    /// See [`Views::funnel`].
+    pub funnel: Option<ViewArrangement<'scope, FunnelKey, FunnelAgg>>,
+    /// See [`Views::kpis`].
+    pub kpis: Option<ViewArrangement<'scope, KpiKey, KpiAgg>>,
+    /// See [`Views::rejected_by_reason`].
+    pub rejected_by_reason: Option<ViewArrangement<'scope, RejectReason, i64>>,
+    /// See [`Views::rejects`].
+    pub rejects: Option<ViewArrangement<'scope, RejectReason, Reject>>,
+    /// See [`Views::clv`].
+    pub clv: Option<ClvViews<'scope>>,
+    /// See [`Views::fraud`].
+    pub fraud: Option<FraudViews<'scope>>,
+}
+
+impl<'scope> PartViews<'scope> {
+    /// The rows of every view built, as one collection of tagged [`ViewRow`]s.
+    pub fn rows(&self) -> VecCollection<'scope, Time, ViewRow> {
+        let mut rows = Vec::new();
+        if let Some(v) = &self.sessions {
+            rows.push(v.clone().as_collection(|_, s| ViewRow::Sessions(s.clone())));
+        }
+        if let Some(v) = &self.funnel {
+            rows.push(v.clone().as_collection(|k, a| ViewRow::Funnel { key: k.clone(), agg: *a }));
+        }
+        if let Some(v) = &self.kpis {
+            rows.push(v.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a }));
+        }
+        if let Some(v) = &self.rejected_by_reason {
+            rows.push(v.clone().as_collection(|r, c| ViewRow::RejectedByReason { reason: *r, count: *c }));
+        }
+        if let Some(v) = &self.rejects {
+            rows.push(v.clone().as_collection(|_, r| ViewRow::Rejects(r.clone())));
+        }
+        if let Some(v) = &self.clv {
+            rows.push(v.customer_rfm.clone().as_collection(|_, r| ViewRow::CustomerRfm(r.clone())));
+            rows.push(v.clv_model.clone().as_collection(|_, m| ViewRow::ClvModel(m.clone())));
+            rows.push(v.customer_clv.clone().as_collection(|_, c| ViewRow::CustomerClv(c.clone())));
+        }
+        if let Some(v) = &self.fraud {
+            rows.push(v.features.clone().as_collection(|_, f| ViewRow::FraudFeatures(f.clone())));
+            rows.push(v.scores.clone().as_collection(|_, s| ViewRow::FraudScores(s.clone())));
+            rows.push(v.alerts.clone().as_collection(|_, s| ViewRow::FraudAlerts(s.clone())));
+        }
+        differential_dataflow::collection::concatenate(self.events.scope(), rows)
+    }
+}
+
+/// Builds the views of `parts` (and of the parts they need) over `records`, exactly as
+/// [`build`] builds them, and no others.
+pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig, parts: &[Part]) -> PartViews<'scope> {
+    let with = |part: Part| parts.iter().any(|p| *p == part || p.needs().contains(&part));
     let (arrivals, rejects) = decode_and_expire(records, config);
 
     let outcomes = arrivals
@@ -345,50 +490,52 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         Outcome::Keep(_) => None,
     });
 
-    let by_user = arrange_routed(events.clone().map(|e| (key_of(&e.user_id), SessionEvent::from(&e))), "Arrange: events by user");
-    let sessions = by_user
-        .clone()
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
+    let sessions = with(Part::Sessions).then(|| {
+        let by_user = arrange_routed(events.clone().map(|e| (key_of(&e.user_id), SessionEvent::from(&e))), "Arrange: events by user");
+        by_user.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
             "Reduce: sessions by user",
             |_key, input, output| output.extend(sessionize_users(&expanded(input).collect::<Vec<_>>()).into_iter().map(|s| (s, 1))),
             push_keyed,
-        );
+        )
+    });
     // Each user's funnel contribution, from the user's sessions: a reduce emits only what
     // changed, so a session change that leaves a user's contribution as it was costs
     // nothing downstream.
-    let funnel = sessions
-        .clone()
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
-            "Reduce: funnel contribution by user",
-            |_key, input, output| output.extend(user_funnel(expanded(input))),
-            push_keyed,
-        )
-        .as_collection(|_, contribution| contribution.clone())
-        .explode(|(key, agg)| Some((key, agg)))
-        .count_total();
+    let funnel = with(Part::Funnel).then(|| {
+        sessions
+            .clone()
+            .expect("the funnel needs the sessions")
+            .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
+                "Reduce: funnel contribution by user",
+                |_key, input, output| output.extend(user_funnel(expanded(input))),
+                push_keyed,
+            )
+            .as_collection(|_, contribution| contribution.clone())
+            .explode(|(key, agg)| Some((key, agg)))
+            .count_total()
+    });
 
-    let kpis = kpis(events.clone(), funnel.clone());
+    let kpis = with(Part::Kpis).then(|| kpis(events.clone(), funnel.clone().expect("the kpis need the funnel")));
 
-    let rejects = rejects.concat(duplicates);
-    let rejected_by_reason = rejects
-        .clone()
-        .map(|r| r.reason)
-        .count_total()
-        .map(|(reason, count)| (reason, count as i64));
-    let rejected_by_reason = arrange_routed(rejected_by_reason, "Arrange: rejected_by_reason");
-    let rejects = arrange_routed(rejects.map(|r| (r.reason, r)), "Arrange: rejects by reason");
+    let all_rejects = rejects.concat(duplicates);
+    let rejected_by_reason = with(Part::RejectedByReason).then(|| {
+        let counts = all_rejects.clone().map(|r| r.reason).count_total().map(|(reason, count)| (reason, count as i64));
+        arrange_routed(counts, "Arrange: rejected_by_reason")
+    });
+    let rejects = with(Part::Rejects).then(|| arrange_routed(all_rejects.clone().map(|r| (r.reason, r)), "Arrange: rejects by reason"));
 
-    let clv = crate::clv::dataflow::build(events.clone(), &config.clv);
-    let fraud = crate::fraud::build(events.clone(), &config.fraud);
-    Views {
+    let clv = with(Part::Clv).then(|| crate::clv::dataflow::build(events.clone(), &config.clv));
+    let fraud = with(Part::Fraud).then(|| crate::fraud::build(events.clone(), &config.fraud));
+    PartViews {
         clv,
         fraud,
-        events,
         sessions,
-        funnel: arrange_routed(funnel, "Arrange: funnel"),
-        kpis: arrange_routed(kpis, "Arrange: kpis"),
+        funnel: funnel.map(|funnel| arrange_routed(funnel, "Arrange: funnel")),
+        kpis: kpis.map(|kpis| arrange_routed(kpis, "Arrange: kpis")),
         rejected_by_reason,
         rejects,
+        events,
+        all_rejects,
     }
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use tidemark_dataflows::reference::{difference, state_at, Reference};
-use tidemark_dataflows::views::ViewRow;
+use tidemark_dataflows::time::Time;
+use tidemark_dataflows::views::{Part, ViewRow};
 
 fn check_against_reference(records: &[(tidemark_dataflows::decode::RawRecord, u64)], workers: usize, label: &str) -> Vec<Update> {
     check_with_config(records, workers, label, &test_config())
@@ -156,5 +157,33 @@ fn fraud_features_equal_reference_with_late_payments() {
             *d < 0 && matches!(row, ViewRow::FraudAlerts(a) if updates.iter().any(|(r2, t2, d2)| t2 == t && *d2 > 0 && matches!(r2, ViewRow::FraudFeatures(g) if g.payment_id == a.payment_id)))
         });
         assert!(corrected_alert, "{label}: a late payment changed an alert");
+    }
+}
+
+/// The updates of `updates` summed per row and time, without those that cancel out.
+fn consolidated(updates: &[Update]) -> std::collections::BTreeMap<(ViewRow, Time), isize> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (row, time, diff) in updates {
+        *sums.entry((row.clone(), *time)).or_insert(0) += diff;
+    }
+    sums.retain(|_, diff| *diff != 0);
+    sums
+}
+
+/// Each part built alone, with the parts it needs, makes exactly the updates its views
+/// make in the whole dataflow (which the tests above check against the reference).
+#[test]
+fn parts_built_alone_equal_the_whole_dataflow() {
+    let config = test_config();
+    for seed in [50, 51] {
+        let records = random_records(seed, 300);
+        let whole = consolidated(&run_dataflow(&records, 2, &config));
+        for part in Part::ALL {
+            let alone = consolidated(&run_parts(&records, 2, &config, &[part]));
+            let views: std::collections::BTreeSet<&str> = part.needs().iter().chain([&part]).flat_map(|p| p.views().iter().copied()).collect();
+            let expected: std::collections::BTreeMap<_, _> = whole.iter().filter(|((row, _), _)| views.contains(row.view())).map(|(k, d)| (k.clone(), *d)).collect();
+            assert!(!expected.is_empty(), "seed {seed}: no {} updates to compare", part.name());
+            assert!(alone == expected, "seed {seed}, part {}: {} updates alone, {} in the whole dataflow", part.name(), alone.len(), expected.len());
+        }
     }
 }

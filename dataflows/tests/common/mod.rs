@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tidemark_dataflows::decode::RawRecord;
 use tidemark_dataflows::time::{format_timestamp, tick_ceil, Time};
-use tidemark_dataflows::views::{build, ViewConfig, ViewRow};
+use tidemark_dataflows::views::{build, build_parts, Part, ViewConfig, ViewRow};
 
 /// One update of a view: row, time, diff.
 pub type Update = (ViewRow, Time, isize);
@@ -172,6 +172,17 @@ pub fn run_dataflow(records: &[(RawRecord, Time)], workers: usize, config: &View
 /// [`run_dataflow`], but with `until`, the run stops once every view is complete through
 /// that time, instead of closing the input (which releases every future expiry).
 pub fn run_dataflow_until(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig, until: Option<Time>) -> Vec<Update> {
+    run_views(records, workers, config, until, None)
+}
+
+/// [`run_dataflow`] with only the views of `parts` built ([`build_parts`]).
+pub fn run_parts(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig, parts: &[Part]) -> Vec<Update> {
+    run_views(records, workers, config, None, Some(parts))
+}
+
+/// Runs [`build`], or with `parts` [`build_parts`], as [`run_dataflow_until`] says.
+fn run_views(records: &[(RawRecord, Time)], workers: usize, config: &ViewConfig, until: Option<Time>, parts: Option<&[Part]>) -> Vec<Update> {
+    let parts = parts.map(<[Part]>::to_vec);
     let records = Arc::new(records.to_vec());
     let updates = Arc::new(Mutex::new(Vec::new()));
     let sink = updates.clone();
@@ -182,8 +193,11 @@ pub fn run_dataflow_until(records: &[(RawRecord, Time)], workers: usize, config:
         let dataflow = worker.next_dataflow_index();
         let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (input, records) = scope.new_collection::<RawRecord, isize>();
-            let (probe, _) = build(records, &config)
-                .rows()
+            let rows = match &parts {
+                None => build(records, &config).rows(),
+                Some(parts) => build_parts(records, &config, parts).rows(),
+            };
+            let (probe, _) = rows
                 .inspect(move |(row, t, d)| sink.lock().expect("no panics while holding the lock").push((row.clone(), *t, *d)))
                 .probe();
             (input, probe)

@@ -11,6 +11,8 @@
 //! All three print progress to stderr once a second and, at the end, a summary to stderr and
 //! one JSON line to stdout (what `scripts/load-query`, `scripts/load-freshness` and
 //! `scripts/load-throughput` parse). `wait` waits for a coordinator to answer `ListViews`.
+//! `wait-visible` waits until a consistent query sees every record of a known set (a
+//! rehydrating worker's topic) and prints when.
 
 mod freshness;
 mod ingest;
@@ -19,6 +21,7 @@ mod pacing;
 mod query;
 mod replay;
 mod summary;
+mod visible;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +46,8 @@ enum Test {
     Freshness(freshness::FreshnessArgs),
     /// A file of JSON lines through one Ingest stream, until all of it is visible.
     Replay(replay::ReplayArgs),
+    /// Waits until a consistent query sees every record of a known set; prints when.
+    WaitVisible(visible::VisibleArgs),
     /// Waits until the coordinator answers ListViews with views; prints their names.
     Wait {
         /// The coordinator's public API.
@@ -149,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             Test::Query(args) => query::run(args).await,
             Test::Freshness(args) => freshness::run(args).await,
             Test::Replay(args) => replay::run(args).await,
+            Test::WaitVisible(args) => visible::run(args).await,
             Test::Wait { target, timeout } => wait(&target, Duration::from_secs(timeout)).await,
         }
     })
