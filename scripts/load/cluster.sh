@@ -138,7 +138,7 @@ machine_facts() {
     cpu=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     mem=$(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
     commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit="$commit (with uncommitted changes)"; fi
+    if [[ -n $(git status --porcelain --untracked-files=no -- . ':!docs' 2>/dev/null) ]]; then commit="$commit (with uncommitted changes)"; fi
     echo "- Machine: $(nproc) CPUs ($cpu), $mem GiB memory, shared with other work ($MACHINE_SHARED); load average $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     echo "- Toolchain: $(rustc --version); release profile"
     echo "- Commit: $commit"
