@@ -61,7 +61,7 @@ def step(path, seq):
     """Appends one file and rebuilds the table; returns the rows appended."""
     before = db.execute("SELECT count(*) FROM events").fetchone()[0]
     db.execute(
-        "INSERT INTO events SELECT ? * 100000000 + row_number() OVER (), * FROM read_json(?, format='newline_delimited', columns={cols}, ignore_errors=true)".format(
+        "INSERT INTO events SELECT CAST(? AS BIGINT) * 100000000 + row_number() OVER (), * FROM read_json(?, format='newline_delimited', columns={cols}, ignore_errors=true)".format(
             cols=COLUMNS
         ),
         [seq, path],

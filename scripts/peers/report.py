@@ -56,6 +56,11 @@ def fmt(x):
 def report(a):
     tmp = a.tmp
     runs = {s: [r for r in lines(f"{tmp}/{s}.jsonl") if r["tag"].startswith("run")] for s in ("tidemark", "spark", "duckdb")}
+    # The same numerator for all three: the file's records over each run's time (Spark's
+    # own input-row count differs a little, as its JSON reader splits malformed lines).
+    for s, rs in runs.items():
+        for r in rs:
+            r["rows_per_s"] = int(a.lines) / r["query_s" if s == "spark" else "seconds"]
     med = {s: statistics.median(r["rows_per_s"] for r in rs) for s, rs in runs.items()}
     out = []
     w = out.append
@@ -68,7 +73,7 @@ def report(a):
     w(f"- Peers: {a.versions}")
     w("")
     w(
-        f"One generated file of {int(a.lines):,} lines (default faults: late, duplicate, corrected, cancelled, too-late and"
+        f"One generated file of {int(a.lines):,} records (default faults: late, duplicate, corrected, cancelled, too-late and"
         " malformed records), split into files of one micro-batch each. All three compute the same per-minute KPIs"
         " (events by type; purchase, refund and payment amounts in cents; `scripts/peers/kpis.py`):"
     )
