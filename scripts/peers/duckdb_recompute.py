@@ -58,8 +58,7 @@ FROM valid GROUP BY window_start
 
 
 def step(path, seq):
-    """Appends one file and rebuilds the table; returns the rows appended."""
-    before = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    """Appends one file and rebuilds the table."""
     db.execute(
         "INSERT INTO events SELECT CAST(? AS BIGINT) * 100000000 + row_number() OVER (), * FROM read_json(?, format='newline_delimited', columns={cols}, ignore_errors=true)".format(
             cols=COLUMNS
@@ -67,7 +66,6 @@ def step(path, seq):
         [seq, path],
     )
     db.execute(REBUILD)
-    return db.execute("SELECT count(*) FROM events").fetchone()[0] - before
 
 
 def lines(path):
@@ -75,40 +73,38 @@ def lines(path):
         return sum(1 for line in f if line.strip())
 
 
+def batches():
+    """(file name, wall-clock seconds it appeared or None) of every batch, in order."""
+    if args.pace_file is None:
+        for name in sorted(os.listdir(args.input_dir)):
+            yield name, None
+        return
+    seen = 0
+    while seen < args.follow:
+        with open(args.pace_file) as f:
+            written = [line.split() for line in f if line.strip()]
+        if seen == len(written):
+            time.sleep(0.005)
+        for name, created in written[seen:]:
+            yield name, float(created)
+        seen = len(written)
+
+
 progress = open(args.progress, "w")
 start = time.time()
 rows = 0
-batches = 0
-if args.pace_file is None:
-    for seq, name in enumerate(sorted(os.listdir(args.input_dir))):
-        path = os.path.join(args.input_dir, name)
-        t0 = time.time()
-        step(path, seq)
-        t1 = time.time()
-        n = lines(path)
-        rows += n
-        batches += 1
-        progress.write(json.dumps({"batch": seq, "rows": n, "step_ms": round((t1 - t0) * 1000, 3)}) + "\n")
-else:
-    seen = 0
-    while batches < args.follow:
-        with open(args.pace_file) as f:
-            written = [line.split() for line in f if line.strip()]
-        if seen >= len(written):
-            time.sleep(0.005)
-            continue
-        name, created = written[seen][0], float(written[seen][1])
-        path = os.path.join(args.input_dir, name)
-        t0 = time.time()
-        step(path, seen)
-        t1 = time.time()
-        n = lines(path)
-        rows += n
-        progress.write(
-            json.dumps({"batch": seen, "rows": n, "step_ms": round((t1 - t0) * 1000, 3), "latency_ms": round((t1 - created) * 1000, 3)}) + "\n"
-        )
-        seen += 1
-        batches += 1
+count = 0
+for count, (name, created) in enumerate(batches(), start=1):
+    path = os.path.join(args.input_dir, name)
+    t0 = time.time()
+    step(path, count - 1)
+    t1 = time.time()
+    n = lines(path)
+    rows += n
+    record = {"batch": count - 1, "rows": n, "step_ms": round((t1 - t0) * 1000, 3)}
+    if created is not None:
+        record["latency_ms"] = round((t1 - created) * 1000, 3)
+    progress.write(json.dumps(record) + "\n")
 elapsed = time.time() - start
 progress.close()
 
@@ -117,4 +113,4 @@ for row in db.execute("SELECT * FROM kpis_minute").fetchall():
     d = dict(zip([c[0] for c in db.description], row))
     result[int(d.pop("window_start"))] = {c: int(d[c]) for c in kpis.COUNTERS}
 kpis.write_rows(args.out, result)
-print(json.dumps({"system": "duckdb", "input_rows": rows, "batches": batches, "seconds": round(elapsed, 3), "rows_per_s": round(rows / max(elapsed, 1e-9), 1), "windows": len(result)}))
+print(json.dumps({"system": "duckdb", "input_rows": rows, "batches": count, "seconds": round(elapsed, 3), "rows_per_s": round(rows / max(elapsed, 1e-9), 1), "windows": len(result)}))

@@ -145,7 +145,7 @@ def report(a):
     w("")
     same_sd = len(kpis.compare(s_rows, d_rows)[0])
     inside = {name: sum(1 for w in t_rows if t_rows[w] != rows.get(w)) for name, rows in (("Spark", s_rows), ("DuckDB", d_rows))}
-    w(f"- Spark dropped **{dropped:,}** rows as later than its watermark ({a_watermark(a.settings)}) in this run"
+    w(f"- Spark dropped **{dropped:,}** rows as later than its watermark ({runs['spark'][0]['watermark']}) in this run"
       f" (`numRowsDroppedByWatermark`, summed over its stateful operators). Tidemark rejected {rejects.get('too_late', 0):,}"
       " records as older than its retention (`too_late`); every other late event corrected its window.")
     w(f"- Tidemark's rejects by reason: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rejects.items())) + ".")
@@ -160,9 +160,10 @@ def report(a):
     w("")
     w("### Agreement where the semantics agree")
     w("")
+    clean_records = next(r["input_rows"] for r in lines(f"{tmp}/tidemark.jsonl") if r["tag"] == "clean")
     with open(f"{tmp}/agreement.md") as f:
         agreement = f.read().strip()
-    w(f"A clean file from the same generator (no late, duplicate, corrected or malformed records; {a.settings.split('CHECK_EVENTS=')[1].split()[0]} events), each system once:")
+    w(f"A clean file from the same generator (no late, duplicate, corrected or malformed records; {clean_records:,} records), each system once:")
     w("")
     w(agreement)
     w("")
@@ -172,7 +173,7 @@ def report(a):
         lat = paced_latencies(spark_progress, spark_pace, duck_progress, tidemark_paced, rate)
         w(f"### Latency at {int(rate):,} events/s offered")
         w("")
-        w(f"The first {a.settings.split('PACED_EVENTS=')[1].split()[0]} lines of the file, offered at {int(rate):,} lines/s."
+        w(f"The first {lines(tidemark_paced)[-1]['events']:,} records of the file, offered at {int(rate):,} lines/s."
           " For the peers a file of one second's lines appears in their input directory once a second; latency runs from"
           " the file's appearance to its batch's results (Spark: the micro-batch that read it finished, its rows in the"
           " sink; DuckDB: the KPI table rebuilt). The second of batching before a file appears is not counted."
@@ -190,10 +191,6 @@ def report(a):
         w("![latency at the offered rate](img/peers-latency.png)")
         w("")
     print("\n".join(out))
-
-
-def a_watermark(settings):
-    return settings.split('WATERMARK="')[1].split('"')[0]
 
 
 def paced_latencies(spark_progress, spark_pace, duck_progress, tidemark_paced, rate):
