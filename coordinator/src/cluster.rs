@@ -104,6 +104,9 @@ pub struct Cluster {
     greeted: watch::Sender<usize>,
     next_id: AtomicU64,
     dropped: Counter,
+    /// Whether every process's session is still up (false once one is lost: the
+    /// coordinator then reports NOT_SERVING until it is restarted and reconnects).
+    whole: watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -143,7 +146,7 @@ impl Cluster {
             commands.push(tx);
         }
         let state = State { frontiers: Some(FrontierMerge::new(n)), sinces: vec![0; n], connected: vec![true; n], ..State::default() };
-        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, greeted, next_id: AtomicU64::new(1), dropped: Counter::default() });
+        let cluster = Arc::new(Cluster { addresses, commands, state: Mutex::new(state), frontier, greeted, next_id: AtomicU64::new(1), dropped: Counter::default(), whole: watch::Sender::new(true) });
         for (process, mut stream) in streams.into_iter().enumerate() {
             let cluster = cluster.clone();
             tokio::spawn(async move {
@@ -182,6 +185,7 @@ impl Cluster {
             state.statuses.clear();
             state.ingests.clear();
         }
+        self.whole.send_replace(false);
         self.end_subscriptions(Status::unavailable(format!("worker process {process} is gone")));
     }
 
@@ -315,6 +319,12 @@ impl Cluster {
                 let _ = sub.client.send(Err(status)).await;
             });
         }
+    }
+
+    /// Resolves once a worker process's session is lost (at once if one already was).
+    pub async fn lost_a_process(&self) {
+        let mut whole = self.whole.subscribe();
+        let _ = whole.wait_for(|w| !*w).await;
     }
 
     /// Subscribers dropped so far because their buffer was full.

@@ -74,6 +74,74 @@ impl InternalSecret {
     }
 }
 
+/// The addresses of a pool of processes, one per process index, from a template: `{i}`
+/// stands for the index, as in `tidemark-worker-{i}.tidemark-worker:6880` (the stable
+/// DNS names a StatefulSet's headless Service gives its pods).
+pub fn expand_template(template: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(template.contains("{i}"), "the address template {template:?} has no {{i}} for the process index");
+    anyhow::ensure!(count > 0, "a pool of 0 processes");
+    Ok((0..count).map(|i| template.replace("{i}", &i.to_string())).collect())
+}
+
+/// Addresses to connect to in place of others: how a pod's configuration runs outside
+/// Kubernetes, where its DNS names do not resolve (the loopback test of the manifests).
+#[derive(Clone, Debug, Default, Args)]
+pub struct AddressMap {
+    /// Comma-separated `from=to` pairs of `host:port`: wherever an address of the pool is
+    /// `from`, use `to` instead.
+    #[arg(long, env = "TIDEMARK_ADDRESS_MAP", value_delimiter = ',')]
+    pub address_map: Vec<String>,
+}
+
+impl AddressMap {
+    /// `addresses` with every mapped one replaced.
+    pub fn apply(&self, addresses: Vec<String>) -> anyhow::Result<Vec<String>> {
+        let mut map = std::collections::HashMap::new();
+        for pair in self.address_map.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let (from, to) = pair.split_once('=').with_context(|| format!("--address-map entry {pair:?} is not from=to"))?;
+            map.insert(from.trim(), to.trim());
+        }
+        Ok(addresses.into_iter().map(|a| map.get(a.as_str()).map_or(a, |to| (*to).to_owned())).collect())
+    }
+}
+
+/// Where the coordinator finds the worker processes: a list, or a template and a count.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerAddresses {
+    /// Comma-separated internal gRPC addresses of every worker process, in process order.
+    #[arg(long = "workers", env = "TIDEMARK_WORKER_ADDRESSES", value_delimiter = ',', conflicts_with = "worker_template")]
+    pub workers: Vec<String>,
+    /// The internal gRPC address of worker process `{i}` (with `--processes`), e.g.
+    /// `tidemark-worker-{i}.tidemark-worker:6880`.
+    #[arg(long, env = "TIDEMARK_WORKER_TEMPLATE")]
+    pub worker_template: Option<String>,
+    /// Number of worker processes: how far `--worker-template` counts (and, with
+    /// `--workers`, how many it must list).
+    #[arg(long, env = "TIDEMARK_PROCESSES")]
+    pub processes: Option<usize>,
+    /// Addresses used in place of others.
+    #[command(flatten)]
+    pub map: AddressMap,
+}
+
+impl WorkerAddresses {
+    /// The address of every worker process, in process order.
+    pub fn resolve(&self) -> anyhow::Result<Vec<String>> {
+        let addresses = match (&self.worker_template, self.processes) {
+            (Some(template), Some(n)) => expand_template(template, n)?,
+            (Some(_), None) => anyhow::bail!("--worker-template needs --processes (TIDEMARK_PROCESSES)"),
+            (None, n) => {
+                anyhow::ensure!(!self.workers.is_empty(), "give the worker processes' addresses: --workers, or --worker-template with --processes");
+                if let Some(n) = n {
+                    anyhow::ensure!(n == self.workers.len(), "--workers lists {} addresses for --processes {n}", self.workers.len());
+                }
+                self.workers.clone()
+            }
+        };
+        self.map.apply(addresses)
+    }
+}
+
 /// Resolved serving settings.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -117,5 +185,41 @@ impl ServeArgs {
             if options.tls.is_some() { "TLS" } else { "plaintext" },
             if options.tokens.enabled() { "bearer tokens required" } else { "no authentication" }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(workers: &[&str], template: Option<&str>, processes: Option<usize>, map: &[&str]) -> anyhow::Result<Vec<String>> {
+        WorkerAddresses {
+            workers: workers.iter().map(|s| s.to_string()).collect(),
+            worker_template: template.map(str::to_owned),
+            processes,
+            map: AddressMap { address_map: map.iter().map(|s| s.to_string()).collect() },
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn templates_count_from_zero() {
+        assert_eq!(expand_template("w-{i}.w:6880", 3).unwrap(), ["w-0.w:6880", "w-1.w:6880", "w-2.w:6880"]);
+        assert!(expand_template("w.w:6880", 3).unwrap_err().to_string().contains("{i}"));
+        assert!(expand_template("w-{i}:1", 0).is_err());
+    }
+
+    #[test]
+    fn worker_addresses_from_a_list_or_a_template() {
+        assert_eq!(addresses(&["a:1", "b:2"], None, None, &[]).unwrap(), ["a:1", "b:2"]);
+        assert_eq!(addresses(&["a:1", "b:2"], None, Some(2), &[]).unwrap(), ["a:1", "b:2"]);
+        assert!(addresses(&["a:1", "b:2"], None, Some(3), &[]).unwrap_err().to_string().contains("lists 2 addresses for --processes 3"));
+        assert!(addresses(&[], None, None, &[]).is_err());
+        assert!(addresses(&[], Some("w-{i}:6880"), None, &[]).unwrap_err().to_string().contains("--processes"));
+        assert_eq!(
+            addresses(&[], Some("w-{i}.w:6880"), Some(2), &["w-1.w:6880=127.0.0.1:4001", " w-0.w:6880 = 127.0.0.1:4000 "]).unwrap(),
+            ["127.0.0.1:4000", "127.0.0.1:4001"]
+        );
+        assert!(addresses(&[], Some("w-{i}:6880"), Some(1), &["nonsense"]).unwrap_err().to_string().contains("from=to"));
     }
 }

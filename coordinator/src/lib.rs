@@ -8,6 +8,7 @@
 #![forbid(missing_docs)]
 
 pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod metrics;
 pub mod service;
@@ -55,8 +56,17 @@ pub async fn run(
         metrics::spawn(listener, move || render.render())
     });
 
+    // `tidemark.v1.Tidemark` is SERVING while every worker process is connected; once one
+    // is lost it turns NOT_SERVING for good (the sessions are not re-established), so
+    // readiness takes the coordinator out of its Service and liveness restarts it, and it
+    // reconnects to the restarted pool.
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<TidemarkServer<TidemarkService>>().await;
+    let watched = cluster.clone();
+    let health_task = tokio::spawn(async move {
+        watched.lost_a_process().await;
+        reporter.set_not_serving::<TidemarkServer<TidemarkService>>().await;
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_file_descriptor_set(public_descriptors())
@@ -80,6 +90,7 @@ pub async fn run(
             cluster.end_subscriptions(tonic::Status::unavailable("the coordinator is shutting down"));
         })
         .await;
+    health_task.abort();
     if let Some(server) = metrics_server {
         server.stop().await?;
     }

@@ -14,6 +14,7 @@ use tidemark_dataflows::decode::Format;
 use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::fraud::FraudModel;
 use tidemark_dataflows::views::ViewConfig;
+use tidemark_coordinator::config::{expand_template, AddressMap};
 
 /// The format of an input file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,6 +182,10 @@ pub struct ClusterFlags<'a> {
     pub peers: &'a [String],
     /// `--hostfile`.
     pub hostfile: Option<&'a Path>,
+    /// `--peer-template`.
+    pub peer_template: Option<&'a str>,
+    /// `--address-map`.
+    pub address_map: Option<&'a AddressMap>,
 }
 
 impl ClusterFlags<'_> {
@@ -195,8 +200,13 @@ impl ClusterFlags<'_> {
         if self.process >= self.processes.max(1) {
             problems.push(format!("process index {} is not below --processes {}", self.process, self.processes));
         }
-        if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() {
-            problems.push("--processes > 1 needs --peers or --hostfile".to_owned());
+        if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() && self.peer_template.is_none() {
+            problems.push("--processes > 1 needs --peers, --hostfile or --peer-template".to_owned());
+        }
+        if let Some(template) = self.peer_template {
+            if !template.contains("{i}") {
+                problems.push(format!("--peer-template {template:?} has no {{i}} for the process index"));
+            }
         }
         if !self.peers.is_empty() && self.peers.len() != self.processes {
             problems.push(format!("--peers lists {} addresses for {} processes", self.peers.len(), self.processes));
@@ -205,13 +215,20 @@ impl ClusterFlags<'_> {
 
     /// The addresses of all processes (empty for a single process).
     pub fn addresses(&self) -> anyhow::Result<Vec<String>> {
-        if let Some(path) = self.hostfile {
+        let addresses = if let Some(path) = self.hostfile {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
             anyhow::ensure!(hosts.len() == self.processes, "{} lists {} hosts for {} processes", path.display(), hosts.len(), self.processes);
-            return Ok(hosts);
+            hosts
+        } else if let Some(template) = self.peer_template {
+            expand_template(template, self.processes)?
+        } else {
+            self.peers.to_vec()
+        };
+        match self.address_map {
+            Some(map) => map.apply(addresses),
+            None => Ok(addresses),
         }
-        Ok(self.peers.to_vec())
     }
 
     /// Timely's communication settings: one process, or this member of a cluster.
@@ -346,7 +363,15 @@ pub fn view_config(tick_ms: u64, retention_hours: u64, clv: &ClvFlags, fraud: &F
 impl RunArgs {
     /// The cluster shape these flags give.
     pub fn cluster(&self) -> ClusterFlags<'_> {
-        ClusterFlags { workers: self.workers, processes: self.processes, process: self.process, peers: &self.peers, hostfile: self.hostfile.as_deref() }
+        ClusterFlags {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process,
+            peers: &self.peers,
+            hostfile: self.hostfile.as_deref(),
+            peer_template: None,
+            address_map: None,
+        }
     }
 
     /// Every problem with the configuration, or nothing.

@@ -27,6 +27,9 @@ enum Command {
     /// Run one process of a serving cluster: views fed by the coordinator's Ingest (and
     /// optionally the generator), served to it over the internal gRPC protocol.
     Worker(tidemark_worker::serve::WorkerArgs),
+    /// Run the coordinator: the public gRPC API over the worker processes (the same
+    /// command as `tidemark-coordinator`).
+    Coordinator(tidemark_coordinator::command::CoordinatorArgs),
     /// List the views, their columns and keys.
     Views(cli::InfoArgs),
     /// Read a view at one consistent time.
@@ -59,6 +62,7 @@ fn run() -> anyhow::Result<()> {
         Command::Up(args) => tidemark_worker::up::run(args),
         Command::Run(args) => tidemark_worker::driver::run(args),
         Command::Worker(args) => tidemark_worker::serve::run(args),
+        Command::Coordinator(args) => tokio::runtime::Runtime::new()?.block_on(tidemark_coordinator::command::run(args)),
         Command::Generate(args) => tidemark_worker::generate::run(args),
         Command::Produce(args) => tidemark_worker::produce::run(args),
         Command::Views(args) => client_runtime()?.block_on(cli::views(args)),

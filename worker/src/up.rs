@@ -73,6 +73,8 @@ impl UpArgs {
             process: Some(0),
             peers: Vec::new(),
             hostfile: None,
+            peer_template: None,
+            address_map: Default::default(),
             listen: internal,
             views: self.views.clone(),
             generate: !self.no_generate && !self.kafka.enabled(),

@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 use prometheus_client::metrics::counter::Counter;
-use tidemark_coordinator::config::InternalSecret;
+use tidemark_coordinator::config::{AddressMap, InternalSecret};
+pub use tidemark_coordinator::command::shutdown_signal;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
 
 use self::server::{Shape, WorkerService};
@@ -90,6 +91,13 @@ pub struct WorkerArgs {
     /// File with one `host:port` per line, in process order (instead of `--peers`).
     #[arg(long, env = "TIDEMARK_HOSTFILE")]
     pub hostfile: Option<PathBuf>,
+    /// The timely address of process `{i}`, for every process below `--processes`
+    /// (instead of `--peers`), e.g. `tidemark-worker-{i}.tidemark-worker:7100`.
+    #[arg(long, env = "TIDEMARK_PEER_TEMPLATE", conflicts_with_all = ["peers", "hostfile"])]
+    pub peer_template: Option<String>,
+    /// Addresses used in place of others (the peers').
+    #[command(flatten)]
+    pub address_map: AddressMap,
     /// Address of the internal gRPC server the coordinator connects to.
     #[arg(long, env = "TIDEMARK_LISTEN", default_value = "127.0.0.1:6880")]
     pub listen: SocketAddr,
@@ -126,7 +134,15 @@ impl WorkerArgs {
 
     /// The cluster shape these flags give.
     pub fn cluster(&self) -> ClusterFlags<'_> {
-        ClusterFlags { workers: self.workers, processes: self.processes, process: self.process_index(), peers: &self.peers, hostfile: self.hostfile.as_deref() }
+        ClusterFlags {
+            workers: self.workers,
+            processes: self.processes,
+            process: self.process_index(),
+            peers: &self.peers,
+            hostfile: self.hostfile.as_deref(),
+            peer_template: self.peer_template.as_deref(),
+            address_map: Some(&self.address_map),
+        }
     }
 
     /// Every problem with the configuration, or nothing.
@@ -240,11 +256,28 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         dead_letter_topic: dead_letter_topic.map(|topic| (args.kafka.connect.clone(), topic)),
     };
     let io_metrics = IoMetrics::new(&kafka_counters);
+    // Health on the internal port: the server itself (service "") is SERVING while the
+    // process runs (liveness); `tidemark.internal.v1.Worker` turns SERVING once every
+    // thread of this process runs in the formed timely cluster (readiness).
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
+    let started = Arc::new(tokio::sync::watch::Sender::new(0usize));
+    let threads_started = started.subscribe();
+    let readiness = tokio::spawn({
+        let (threads, mut started) = (args.workers, threads_started);
+        async move {
+            if started.wait_for(|n| *n == threads).await.is_ok() {
+                reporter.set_serving::<WorkerServer<WorkerService>>().await;
+            }
+        }
+    });
     let cluster = {
         let (stop, ingested, threads, history_ms) = (stop.clone(), ingested.clone(), args.workers, args.views.history_ms);
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             timely::execute(timely_config, move |worker| {
+                // timely::execute returns only once the processes are connected.
+                started.send_modify(|n| *n += 1);
                 let local = worker.index() % threads;
                 let commands = command_rxs.lock().expect("no panics while taking a receiver")[local].take().expect("each thread takes its own receiver");
                 let ctx = ThreadContext {
@@ -288,6 +321,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         })
     });
     let served = tonic::transport::Server::builder()
+        .add_service(health)
         .add_service(WorkerServer::with_interceptor(service.clone(), check))
         .serve_with_incoming_shutdown(tidemark_proto::incoming(listener), async move {
             shutdown.await;
@@ -295,6 +329,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         })
         .await;
     stop.store(true, Ordering::SeqCst);
+    readiness.abort();
     if let Some(server) = metrics_server {
         server.stop().await?;
     }
@@ -359,21 +394,6 @@ impl IoMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String does not fail");
         out
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]
