@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The `tidemark` binary (worker, coordinator, CLI and the embedded default in one) on a
 # slim Debian runtime, running as an unprivileged user.
 #
