@@ -226,6 +226,11 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
     let communication = args.cluster().communication()?;
+    if let timely::CommunicationConfig::Cluster { addresses, process, .. } = &communication {
+        // Timely listens on this process's own address: under a StatefulSet that is a DNS
+        // name, which may resolve only moments after the pod starts.
+        wait_until_resolvable(&addresses[*process], OWN_ADDRESS_WAIT).await?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let ingested = Counter::default();
     let check = args.secret.check()?;
@@ -301,7 +306,12 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
                 }
             })
             .map(|guards| drop(guards.join()))
-            .map_err(|e| anyhow::anyhow!("starting timely: {e}"))
+            .map_err(|e| -> anyhow::Error {
+                // Without its timely threads the process would serve but never become
+                // ready: end it, so that whatever supervises the pool restarts it.
+                eprintln!("error: starting timely: {e}");
+                std::process::exit(70);
+            })
         })?
     };
 
@@ -340,6 +350,23 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     served?;
     joined.map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
     Ok(())
+}
+
+/// How long a worker process waits for its own timely address to resolve.
+const OWN_ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Resolves `address` (`host:port`), retrying every second until `limit`.
+async fn wait_until_resolvable(address: &str, limit: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::net::lookup_host(address).await.map(|mut found| found.next().is_some()) {
+            Ok(true) => return Ok(()),
+            Ok(false) => tracing::info!("{address} resolves to nothing yet"),
+            Err(e) => tracing::info!("waiting for {address} to resolve: {e}"),
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "this process's timely address {address} did not resolve within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What a worker process shows Prometheus of its Kafka source and PostgreSQL sink.
@@ -398,7 +425,16 @@ impl IoMetrics {
 
 #[cfg(test)]
 mod tests {
-    use super::ordinal;
+    use super::{ordinal, wait_until_resolvable};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn own_address_must_resolve() {
+        wait_until_resolvable("127.0.0.1:7100", Duration::ZERO).await.expect("an IP address resolves");
+        wait_until_resolvable("localhost:7100", Duration::ZERO).await.expect("localhost resolves");
+        let err = wait_until_resolvable("tidemark-worker-0.no-such-service.invalid:7100", Duration::ZERO).await.expect_err("an .invalid name");
+        assert!(err.to_string().contains("did not resolve"), "{err}");
+    }
 
     #[test]
     fn statefulset_ordinals() {
