@@ -201,7 +201,7 @@ impl ClusterFlags<'_> {
             problems.push(format!("process index {} is not below --processes {}", self.process, self.processes));
         }
         if self.processes > 1 && self.peers.is_empty() && self.hostfile.is_none() && self.peer_template.is_none() {
-            problems.push("--processes > 1 needs --peers, --hostfile or --peer-template".to_owned());
+            problems.push("--processes > 1 needs --peers or --hostfile (or, for `tidemark worker`, --peer-template)".to_owned());
         }
         if let Some(template) = self.peer_template {
             if !template.contains("{i}") {
