@@ -204,8 +204,8 @@ impl ClusterFlags<'_> {
             problems.push("--processes > 1 needs --peers or --hostfile (or, for `tidemark worker`, --peer-template)".to_owned());
         }
         if let Some(template) = self.peer_template {
-            if !template.contains("{i}") {
-                problems.push(format!("--peer-template {template:?} has no {{i}} for the process index"));
+            if let Err(e) = expand_template(template, self.processes.max(1)) {
+                problems.push(format!("--peer-template: {e:#}"));
             }
         }
         if !self.peers.is_empty() && self.peers.len() != self.processes {

@@ -16,16 +16,7 @@ use tidemark_proto::v1::tidemark_client::TidemarkClient;
 use tidemark_proto::v1::QueryRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use common::{free_ports, Scratch};
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_ports, Children, Scratch};
 
 /// A certificate authority and a `localhost` certificate it signed: (CA PEM, cert PEM, key PEM).
 fn certificates() -> (String, String, String) {
@@ -52,15 +43,13 @@ fn scrape(port: u16) -> String {
 fn secrets_tokens_tls_and_metrics() {
     let ports = free_ports(4);
     let (grpc, timely, worker_metrics, coordinator_metrics) = (ports[0], ports[1], ports[2], ports[3]);
-    let _worker = Killed(
-        Command::new(env!("CARGO_BIN_EXE_tidemark"))
-            .args(["worker", "-w", "2", "--listen", &format!("127.0.0.1:{grpc}"), "--peers", &format!("127.0.0.1:{timely}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])
-            .env("TIDEMARK_INTERNAL_SECRET", "internal-s3cret")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the tidemark binary starts"),
-    );
+    let _worker = Children(vec![Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["worker", "-w", "2", "--listen", &format!("127.0.0.1:{grpc}"), "--peers", &format!("127.0.0.1:{timely}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])
+        .env("TIDEMARK_INTERNAL_SECRET", "internal-s3cret")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the tidemark binary starts")]);
     let scratch = Scratch::new("security");
     let (ca, cert, key) = certificates();
     std::fs::write(scratch.path("ca.pem"), &ca).expect("writable");

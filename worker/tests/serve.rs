@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use prost::Message;
@@ -28,23 +28,12 @@ use tidemark_worker::serve::schema;
 use tidemark_worker::source::now_ms;
 use tonic::transport::Channel;
 
-use common::free_ports;
-
-pub struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use common::{free_ports, Children};
 
 /// Starts `grpc.len()` worker processes of 2 threads; `env` is added to each.
-fn start_workers(grpc: &[u16], timely: &[u16], env: &[(&str, &str)]) -> Workers {
+fn start_workers(grpc: &[u16], timely: &[u16], env: &[(&str, &str)]) -> Children {
     let peers: Vec<String> = timely.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    Workers(
+    Children(
         (0..grpc.len())
             .map(|i| {
                 Command::new(env!("CARGO_BIN_EXE_tidemark"))

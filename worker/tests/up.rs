@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_ports, wait_with_timeout};
+use common::{free_ports, wait_with_timeout, Children};
 
 fn client(args: &[&str], target: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tidemark")).args(args).args(["--target", target]).output().expect("the client runs")
@@ -23,30 +23,18 @@ fn json_lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
-/// Kills the child if the test ends before stopping it (a failed assertion), so that no
-/// `tidemark up` outlives a failed run.
-struct Running(Option<std::process::Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn up_serves_the_generated_views_to_the_cli() {
     let ports = free_ports(2);
     let target = format!("http://127.0.0.1:{}", ports[0]);
-    let mut up = Running(Some(Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    // Killed if the test ends before stopping it (a failed assertion).
+    let mut up = Children(vec![Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(["up", "-q", "--rate", "500", "--users", "400000", "--listen", &format!("127.0.0.1:{}", ports[0])])
         .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[1])])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the tidemark binary starts")));
+        .expect("the tidemark binary starts")]);
 
     // Wait until events have flowed into the views.
     let start = Instant::now();
@@ -112,7 +100,7 @@ fn up_serves_the_generated_views_to_the_cli() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a int64"), "{}", String::from_utf8_lossy(&output.stderr));
 
     // SIGTERM stops it gracefully.
-    let child = up.0.take().expect("still running");
+    let child = up.0.pop().expect("still running");
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
     assert!(killed.success());
     let output = wait_with_timeout(child, Duration::from_secs(20), "tidemark up after SIGTERM");

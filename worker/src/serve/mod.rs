@@ -267,13 +267,10 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_not_serving::<WorkerServer<WorkerService>>().await;
     let started = Arc::new(tokio::sync::watch::Sender::new(0usize));
-    let threads_started = started.subscribe();
-    let readiness = tokio::spawn({
-        let (threads, mut started) = (args.workers, threads_started);
-        async move {
-            if started.wait_for(|n| *n == threads).await.is_ok() {
-                reporter.set_serving::<WorkerServer<WorkerService>>().await;
-            }
+    let (mut threads_started, threads) = (started.subscribe(), args.workers);
+    let readiness = tokio::spawn(async move {
+        if threads_started.wait_for(|n| *n == threads).await.is_ok() {
+            reporter.set_serving::<WorkerServer<WorkerService>>().await;
         }
     });
     let cluster = {

@@ -29,6 +29,19 @@ impl Drop for Scratch {
     }
 }
 
+/// Child processes killed (and reaped) when dropped, so that none outlives a test that
+/// fails before stopping them.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The `tidemark` binary with `run` and the given arguments.
 pub fn tidemark_run(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
