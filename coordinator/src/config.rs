@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use tidemark_proto::auth::{load_tokens, TokenCheck};
+use tidemark_proto::limits::MAX_PUBLIC_MESSAGE_BYTES;
 use tonic::transport::Identity;
 
 /// Messages buffered per subscriber before it is dropped as too slow.
@@ -169,6 +170,10 @@ impl ServeArgs {
     /// Reads the token and certificate files.
     pub fn options(&self) -> anyhow::Result<ServeOptions> {
         anyhow::ensure!(self.subscriber_buffer > 0, "--subscriber-buffer must be at least 1");
+        anyhow::ensure!(
+            (1024..=MAX_PUBLIC_MESSAGE_BYTES).contains(&self.max_message_bytes),
+            "--max-message-bytes must be between 1024 and {MAX_PUBLIC_MESSAGE_BYTES} (the internal protocol carries one request whole)"
+        );
         let tokens = load_tokens(self.tokens_file.as_deref(), self.tokens.as_deref())
             .with_context(|| format!("reading {}", self.tokens_file.as_deref().unwrap_or(Path::new("")).display()))?;
         let tls = match (&self.tls_cert, &self.tls_key) {

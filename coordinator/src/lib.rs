@@ -11,7 +11,9 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod metrics;
+pub mod read;
 pub mod service;
+pub mod subscription;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,16 +58,22 @@ pub async fn run(
         metrics::spawn(listener, move || render.render())
     });
 
-    // `tidemark.v1.Tidemark` is SERVING while every worker process is connected; once one
-    // is lost it turns NOT_SERVING for good (the sessions are not re-established), so
-    // readiness takes the coordinator out of its Service and liveness restarts it, and it
-    // reconnects to the restarted pool.
+    // `tidemark.v1.Tidemark` is SERVING while every worker process is connected, and
+    // NOT_SERVING while one is not (the coordinator reconnects to it meanwhile), so
+    // readiness takes the coordinator out of its Service until the pool is whole again.
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<TidemarkServer<TidemarkService>>().await;
-    let watched = cluster.clone();
+    let mut whole = cluster.whole();
     let health_task = tokio::spawn(async move {
-        watched.lost_a_process().await;
-        reporter.set_not_serving::<TidemarkServer<TidemarkService>>().await;
+        loop {
+            if *whole.borrow_and_update() {
+                reporter.set_serving::<TidemarkServer<TidemarkService>>().await;
+            } else {
+                reporter.set_not_serving::<TidemarkServer<TidemarkService>>().await;
+            }
+            if whole.changed().await.is_err() {
+                return;
+            }
+        }
     });
     let reflection = || {
         tonic_reflection::server::Builder::configure()

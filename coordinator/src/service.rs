@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidemark_proto::internal::v1 as wire;
-use tidemark_proto::merge::sort_by_key;
-use tidemark_proto::routing::owner_process;
+use tidemark_proto::limits::{MAX_FILTERS, MAX_INGEST_EVENTS, MAX_LIMIT, MAX_RESPONSE_BYTES};
+use tidemark_proto::merge::{cut_to_bytes, sort_by_key};
+use tidemark_proto::page::{next_token, read_token};
 use tidemark_proto::v1::tidemark_server::Tidemark;
 use tidemark_proto::v1::*;
 use tokio::sync::mpsc;
@@ -14,8 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SUBSCRIPTION_EVENTS};
 use crate::metrics::Metrics;
+use crate::read::{read_page, start_cursors, Selection};
+use crate::subscription::Plan;
 
 /// How long a query waits for its time by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +43,9 @@ fn code<T>(result: &Result<T, Status>) -> tonic::Code {
 /// Refuses filters on unknown columns or with values of the wrong type before anything
 /// reaches the workers (which check again).
 fn check_filters(view: &ViewInfo, filters: &[Filter]) -> Result<(), Status> {
+    if filters.len() > MAX_FILTERS {
+        return Err(Status::invalid_argument(format!("{} filters given; at most {MAX_FILTERS} are allowed", filters.len())));
+    }
     for f in filters {
         let column = view.columns.iter().find(|c| c.name == f.column).ok_or_else(|| Status::invalid_argument(format!("{} has no column {:?}", view.name, f.column)))?;
         tidemark_proto::value::check_fits("filter value", column, &f.value.clone().unwrap_or_default()).map_err(Status::invalid_argument)?;
@@ -82,23 +88,35 @@ impl TidemarkService {
         if q.key.len() > view.key_columns.len() {
             return Err(Status::invalid_argument(format!("{} has {} key columns; the key gives {} values", view.name, view.key_columns.len(), q.key.len())));
         }
-        let timeout = if q.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(u64::from(q.timeout_ms)) };
-        let as_of = self.read_time(q.as_of, timeout).await?;
-        let (processes, threads) = self.cluster.shape();
-        let routing = view.routing_columns as usize;
-        let targets: Vec<usize> = match (q.key.len() >= routing && routing > 0).then(|| owner_process(&q.key[..routing], processes, threads)).flatten() {
-            Some(p) => vec![p],
-            None => (0..processes).collect(),
-        };
-        let peek = wire::Peek { id: 0, view: q.view, key: q.key, range: q.range, filters: q.filters, as_of, limit: q.limit };
-        let mut answer = self.cluster.peek(&targets, peek).await?;
-        sort_by_key(&mut answer.rows, view.key_columns.len());
-        let mut truncated = answer.truncated;
-        if q.limit > 0 && answer.rows.len() > q.limit as usize {
-            answer.rows.truncate(q.limit as usize);
-            truncated = true;
+        if q.limit > MAX_LIMIT {
+            return Err(Status::invalid_argument(format!("limit {} is above the most a query returns, {MAX_LIMIT}; read the whole view in pages without a limit", q.limit)));
         }
-        Ok(QueryResponse { as_of, columns: view.columns, rows: answer.rows, truncated })
+        let timeout = if q.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(u64::from(q.timeout_ms)) };
+        let (processes, threads) = self.cluster.shape();
+        let (as_of, limit, mut cursors) = if q.page_token.is_empty() {
+            let as_of = self.read_time(q.as_of, timeout).await?;
+            (as_of, q.limit, start_cursors(&view, &q.key, processes, threads))
+        } else {
+            let token = read_token(&q, processes * threads).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let (_, since) = self.cluster.frontier_and_since();
+            if token.as_of < since {
+                return Err(Status::out_of_range(format!(
+                    "the page token reads at {}, which is now below the compaction frontier {since}; start the query again",
+                    token.as_of
+                )));
+            }
+            (token.as_of, 0, token.cursors)
+        };
+        let selection = Selection { key: q.key.clone(), range: q.range.clone(), filters: q.filters.clone() };
+        let (mut rows, mut truncated) = read_page(&self.cluster, &view, &selection, as_of, limit, &mut cursors, timeout).await?;
+        sort_by_key(&mut rows, view.key_columns.len());
+        if limit > 0 {
+            truncated |= rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            truncated |= cut_to_bytes(&mut rows, MAX_RESPONSE_BYTES);
+        }
+        let next_page_token = if limit > 0 { None } else { next_token(&q, as_of, cursors) }.unwrap_or_default();
+        Ok(QueryResponse { as_of, columns: view.columns, rows, truncated, next_page_token })
     }
 
     async fn start_subscription(&self, s: SubscribeRequest) -> Result<mpsc::Receiver<Result<SubscribeResponse, Status>>, Status> {
@@ -106,32 +124,44 @@ impl TidemarkService {
         check_filters(&view, &s.filters)?;
         let as_of = self.read_time(s.as_of, DEFAULT_TIMEOUT).await?;
         let (tx, rx) = mpsc::channel(self.subscriber_buffer.max(2));
-        tx.send(Ok(SubscribeResponse { columns: view.columns, batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;
-        let subscribe = wire::Subscribe { id: 0, view: s.view, filters: s.filters, as_of, without_snapshot: s.without_snapshot };
-        self.cluster.subscribe(subscribe, tx)?;
+        tx.send(Ok(SubscribeResponse { columns: view.columns.clone(), batch: None })).await.map_err(|_| Status::cancelled("the subscriber left"))?;
+        let (events_tx, events) = mpsc::channel(SUBSCRIPTION_EVENTS);
+        let subscribe = wire::Subscribe { id: 0, view: s.view, filters: s.filters.clone(), as_of };
+        let id = self.cluster.subscribe(subscribe, events_tx)?;
+        let plan = Plan { view, selection: Selection { filters: s.filters, ..Selection::default() }, as_of, snapshot: !s.without_snapshot };
+        tokio::spawn(crate::subscription::run(self.cluster.clone(), id, plan, events, tx));
         Ok(rx)
     }
 
     async fn answer_status(&self) -> Result<StatusResponse, Status> {
         let (frontier, _) = self.cluster.frontier_and_since();
-        let (processes, threads) = self.cluster.shape();
-        let workers = self
-            .cluster
-            .processes()
-            .into_iter()
+        let (_, threads) = self.cluster.shape();
+        let processes = self.cluster.processes();
+        let workers = processes
+            .iter()
             .enumerate()
-            .map(|(p, s)| WorkerStatus { process: p as u32, address: s.address, threads: threads as u32, frontier: s.frontier, connected: s.connected })
+            .map(|(p, s)| WorkerStatus { process: p as u32, address: s.address.clone(), threads: threads as u32, frontier: s.frontier, connected: s.connected })
             .collect();
+        // Rejects are read from the view when every process can answer; a status while
+        // one is down still reports the workers and the sizes of those that are up.
         let mut rejects = Vec::new();
-        if frontier > 0 {
-            let peek = wire::Peek { view: "rejected_by_reason".into(), as_of: frontier - 1, ..Default::default() };
-            for row in self.cluster.peek(&(0..processes).collect::<Vec<_>>(), peek).await?.rows.into_iter().filter_map(|r| r.row) {
-                if let [reason, count] = row.values.as_slice() {
-                    rejects.push(RejectCount { reason: tidemark_proto::value::display(reason), count: tidemark_proto::value::display(count).parse().unwrap_or(0) });
+        if frontier > 0 && processes.iter().all(|p| p.connected) {
+            if let Ok(view) = self.view("rejected_by_reason") {
+                let (processes, threads) = self.cluster.shape();
+                let mut cursors = start_cursors(&view, &[], processes, threads);
+                let mut pages = 0;
+                while cursors.iter().any(|c| !c.done) && pages < 16 {
+                    pages += 1;
+                    let Ok((rows, _)) = read_page(&self.cluster, &view, &Selection::default(), frontier - 1, 0, &mut cursors, DEFAULT_TIMEOUT).await else { break };
+                    for row in rows.into_iter().filter_map(|r| r.row) {
+                        if let [reason, count] = row.values.as_slice() {
+                            rejects.push(RejectCount { reason: tidemark_proto::value::display(reason), count: tidemark_proto::value::display(count).parse().unwrap_or(0) });
+                        }
+                    }
                 }
             }
         }
-        let sizes = self.cluster.sizes().await?;
+        let sizes = self.cluster.sizes().await.unwrap_or_default();
         let lag_ms = crate::now_ms() as i64 - frontier as i64;
         Ok(StatusResponse { workers, frontier, lag_ms, views: sizes.views, rejects, ingested: sizes.ingested })
     }
@@ -171,10 +201,11 @@ impl Tidemark for TidemarkService {
             requests.map(move |request| {
                 let cluster = cluster.clone();
                 async move {
-                    match cluster.ingest(request?.events).await? {
-                        ack if ack.time == 0 => Err(Status::unavailable("the worker process is busy; retry")),
-                        ack => Ok(ack),
+                    let events = request?.events;
+                    if events.len() > MAX_INGEST_EVENTS {
+                        return Err(Status::invalid_argument(format!("{} events in one request; at most {MAX_INGEST_EVENTS} are allowed: split it", events.len())));
                     }
+                    cluster.ingest(events).await
                 }
             }),
             INGEST_PIPELINE,

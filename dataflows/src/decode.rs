@@ -63,28 +63,31 @@ impl RawRecord {
 }
 
 /// Why a record was rejected.
+///
+/// Variants are declared in the order of their names, so that reasons sort as the API's
+/// text column does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
+    /// An amount is negative, not finite, or too large.
+    BadAmount,
+    /// A field has the wrong type.
+    BadType,
+    /// Another delivery with the same `event_id` was kept.
+    Duplicate,
     /// Not valid JSON / not a well-formed row.
     Malformed,
     /// A required field is absent or null.
     MissingField,
-    /// A field has the wrong type.
-    BadType,
-    /// `event_type` is not one of the known types.
-    UnknownEventType,
+    /// The record is larger than the configured maximum.
+    Oversized,
     /// `event_ts` is not a valid timestamp, is outside the accepted years, or lies too far
     /// in the future of its ingestion time.
     TimestampOutOfRange,
-    /// An amount is negative, not finite, or too large.
-    BadAmount,
-    /// The record is larger than the configured maximum.
-    Oversized,
-    /// Another delivery with the same `event_id` was kept.
-    Duplicate,
     /// The event is older than the retention horizon at its ingestion time.
     TooLate,
+    /// `event_type` is not one of the known types.
+    UnknownEventType,
 }
 
 impl RejectReason {
@@ -100,6 +103,11 @@ impl RejectReason {
         RejectReason::Duplicate,
         RejectReason::TooLate,
     ];
+
+    /// The reason of a name.
+    pub fn from_name(name: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.name() == name)
+    }
 
     /// The snake_case name used in views and files.
     pub fn name(self) -> &'static str {

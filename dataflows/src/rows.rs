@@ -249,24 +249,32 @@ pub fn next_step(step: u8, event_type: EventType) -> u8 {
 }
 
 /// A funnel dimension.
+///
+/// Variants are declared in the order of their names, so that funnel keys sort as the
+/// API's text columns do ([`FunnelKey`]'s order is the `funnel` view's key order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     /// Every session (value `all`).
     All,
+    /// The session's category (of its first event with one).
+    Category,
     /// The session's country.
     Country,
     /// The session's device OS.
     Device,
     /// The session's UTM source.
     UtmSource,
-    /// The session's category (of its first event with one).
-    Category,
 }
 
 impl Dimension {
     /// All dimensions the funnel is kept for.
     pub const ALL: [Dimension; 5] = [Dimension::All, Dimension::Country, Dimension::Device, Dimension::UtmSource, Dimension::Category];
+
+    /// The dimension of a name.
+    pub fn from_name(name: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.name() == name)
+    }
 
     /// The snake_case name used in views and files.
     pub fn name(self) -> &'static str {

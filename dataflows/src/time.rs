@@ -132,15 +132,18 @@ pub fn format_timestamp(ms: Millis) -> String {
 }
 
 /// A tumbling window size.
+///
+/// Variants are declared in the order of their names (`day` < `hour` < `minute`), so that
+/// keys that start with a granularity sort as the API's text columns do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
-    /// One-minute windows.
-    Minute,
-    /// One-hour windows.
-    Hour,
     /// One-day windows (UTC days).
     Day,
+    /// One-hour windows.
+    Hour,
+    /// One-minute windows.
+    Minute,
 }
 
 impl Granularity {
@@ -159,6 +162,11 @@ impl Granularity {
     /// The start of the window that contains `ts`.
     pub fn window_start(self, ts: Millis) -> Millis {
         ts - ts.rem_euclid(self.millis())
+    }
+
+    /// The granularity of a name.
+    pub fn from_name(name: &str) -> Option<Granularity> {
+        Granularity::ALL.into_iter().find(|g| g.name() == name)
     }
 
     /// The lower-case name used in output (`minute`, `hour`, `day`).
@@ -198,5 +206,11 @@ mod tests {
         assert_eq!(tick_ceil(10, 10), 10);
         assert_eq!(Granularity::Hour.window_start(3_600_000 * 5 + 17), 3_600_000 * 5);
         assert_eq!(Granularity::Minute.window_start(-1), -60_000);
+        let mut by_order = Granularity::ALL;
+        by_order.sort();
+        let mut by_name = Granularity::ALL;
+        by_name.sort_by_key(|g| g.name());
+        assert_eq!(by_order, by_name, "granularities sort as their names do");
+        assert!(Granularity::ALL.iter().all(|g| Granularity::from_name(g.name()) == Some(*g)));
     }
 }

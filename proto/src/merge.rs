@@ -50,6 +50,8 @@ impl FrontierMerge {
 #[derive(Debug)]
 pub struct BatchMerge {
     uppers: FrontierMerge,
+    /// Per part: the upper of a batch whose first messages (`more` set) have arrived.
+    open: Vec<Option<u64>>,
     released: u64,
     /// Pending updates by (time, encoded row): the row and the summed diff.
     pending: BTreeMap<(u64, Vec<u8>), (Row, i64)>,
@@ -62,15 +64,20 @@ impl BatchMerge {
         for part in 0..parts {
             uppers.update(part, lower).expect("frontiers start at zero");
         }
-        BatchMerge { uppers, released: lower, pending: BTreeMap::new() }
+        BatchMerge { uppers, open: vec![None; parts], released: lower, pending: BTreeMap::new() }
     }
 
-    /// Takes a part's batch; an error if it is not contiguous with the part's previous
-    /// batch or holds an update outside its bounds.
+    /// Takes one message of a part's batch (all but a batch's last have `more` set); an
+    /// error if it is not contiguous with the part's previous batch, changes the bounds
+    /// of a batch in progress, or holds an update outside its bounds.
     pub fn push(&mut self, part: usize, batch: SubscribeBatch) -> Result<(), String> {
         let expected = self.uppers.part(part);
         if batch.lower != expected || batch.upper <= batch.lower {
             return Err(format!("part {part} sent [{}, {}) after {expected}", batch.lower, batch.upper));
+        }
+        let open = self.open.get_mut(part).ok_or_else(|| format!("no part {part}"))?;
+        if open.is_some_and(|upper| upper != batch.upper) {
+            return Err(format!("part {part} changed the upper of its batch from {:?} to {}", open, batch.upper));
         }
         for update in batch.updates {
             if update.time < batch.lower || update.time >= batch.upper {
@@ -80,6 +87,11 @@ impl BatchMerge {
             let entry = self.pending.entry((update.time, row.encode_to_vec())).or_insert((row, 0));
             entry.1 += update.diff;
         }
+        if batch.more {
+            *open = Some(batch.upper);
+            return Ok(());
+        }
+        *open = None;
         self.uppers.update(part, batch.upper)
     }
 
@@ -96,7 +108,7 @@ impl BatchMerge {
             .filter(|(_, (_, diff))| *diff != 0)
             .map(|((time, _), (row, diff))| Update { row: Some(row), time, diff })
             .collect();
-        let batch = SubscribeBatch { lower: self.released, upper, updates };
+        let batch = SubscribeBatch { lower: self.released, upper, updates, more: false };
         self.released = upper;
         Some(batch)
     }
@@ -105,6 +117,64 @@ impl BatchMerge {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
+
+    /// Every time below this has been released.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+}
+
+/// Cuts a batch into messages of about `max_bytes` of updates each (at least one
+/// message): all but the last have `more` set; every message keeps the batch's bounds.
+pub fn chunks(batch: SubscribeBatch, max_bytes: usize) -> Vec<SubscribeBatch> {
+    let SubscribeBatch { lower, upper, updates, .. } = batch;
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for update in updates {
+        bytes += update.encoded_len() + 4;
+        current.push(update);
+        if bytes >= max_bytes {
+            out.push(SubscribeBatch { lower, upper, updates: std::mem::take(&mut current), more: true });
+            bytes = 0;
+        }
+    }
+    out.push(SubscribeBatch { lower, upper, updates: current, more: false });
+    if out.len() > 1 && out.last().is_some_and(|last| last.updates.is_empty()) {
+        // The last full chunk ends the batch.
+        out.pop();
+        out.last_mut().expect("more than one").more = false;
+    }
+    out
+}
+
+/// Cuts `rows` after the last row that fits in `max_bytes`; whether any was cut.
+pub fn cut_to_bytes(rows: &mut Vec<CountedRow>, max_bytes: usize) -> bool {
+    let mut bytes = 0;
+    let fits = rows.iter().take_while(|r| {
+        bytes += r.encoded_len() + 4;
+        bytes <= max_bytes
+    });
+    let keep = fits.count();
+    let cut = keep < rows.len();
+    rows.truncate(keep);
+    cut
+}
+
+/// Cuts rows into groups of about `max_bytes` each (at least one group, maybe empty).
+pub fn row_chunks(rows: Vec<CountedRow>, max_bytes: usize) -> Vec<Vec<CountedRow>> {
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for row in rows {
+        let size = row.encoded_len() + 4;
+        if bytes + size > max_bytes && !out.last().expect("one group").is_empty() {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        out.last_mut().expect("one group").push(row);
+    }
+    out
 }
 
 /// Sorts the rows of several parts into key order (the first `key_columns` values), as
@@ -133,7 +203,38 @@ mod tests {
             lower,
             upper,
             updates: updates.iter().map(|(r, t, d)| Update { row: Some(row(r)), time: *t, diff: *d }).collect(),
+            more: false,
         }
+    }
+
+    #[test]
+    fn a_batch_in_several_messages_releases_once_complete() {
+        let mut merge = BatchMerge::new(2, 10);
+        merge.push(1, batch(10, 30, &[])).unwrap();
+        merge.push(0, SubscribeBatch { more: true, ..batch(10, 20, &[("a", 12, 1)]) }).unwrap();
+        assert!(merge.take().is_none(), "part 0's batch is not complete");
+        assert!(merge.push(0, SubscribeBatch { more: true, ..batch(10, 25, &[]) }).is_err(), "a batch keeps its bounds");
+        merge.push(0, batch(10, 20, &[("b", 15, 1)])).unwrap();
+        let released = merge.take().expect("both parts passed 20");
+        assert_eq!((released.lower, released.upper, released.updates.len()), (10, 20, 2));
+    }
+
+    #[test]
+    fn chunks_keep_every_update_and_the_bounds() {
+        let updates: Vec<(String, u64, i64)> = (0..1000).map(|i| (format!("row-{i}"), 11 + i % 5, 1)).collect();
+        let refs: Vec<(&str, u64, i64)> = updates.iter().map(|(r, t, d)| (r.as_str(), *t, *d)).collect();
+        let parts = chunks(batch(10, 20, &refs), 1000);
+        assert!(parts.len() > 5);
+        assert!(parts.iter().all(|p| (p.lower, p.upper) == (10, 20)));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more) && !parts.last().unwrap().more);
+        assert!(parts.iter().all(|p| p.encoded_len() < 1200));
+        assert_eq!(parts.iter().map(|p| p.updates.len()).sum::<usize>(), 1000);
+        let one = chunks(batch(10, 20, &[]), 1000);
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].more);
+        let groups = row_chunks((0..100).map(|i| CountedRow { row: Some(row(&format!("r{i}"))), count: 1 }).collect(), 100);
+        assert!(groups.len() > 5 && groups.iter().all(|g| !g.is_empty()));
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 100);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Connect {
     /// Host name to expect in the coordinator's certificate (default: the target's host).
     #[arg(long, env = "TIDEMARK_TLS_DOMAIN")]
     pub tls_domain: Option<String>,
+    /// Give up on a call (or one page of it) after this many seconds.
+    #[arg(long, env = "TIDEMARK_TIMEOUT", default_value_t = 30)]
+    pub timeout: u64,
 }
 
 impl Connect {
@@ -57,9 +60,24 @@ impl Connect {
             }
             endpoint = endpoint.tls_config(tls)?;
         }
-        let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", self.target))?;
+        let channel = tokio::time::timeout(self.deadline(), endpoint.connect())
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {}: no answer within {:?}", self.target, self.deadline()))?
+            .with_context(|| format!("connecting to {}", self.target))?;
         let token = BearerToken::new(self.token.as_deref()).map_err(anyhow::Error::msg)?;
-        Ok(TidemarkClient::with_interceptor(channel, token))
+        Ok(TidemarkClient::with_interceptor(channel, token).max_decoding_message_size(tidemark_proto::limits::INTERNAL_MAX_MESSAGE_BYTES))
+    }
+
+    /// How long one call may take.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.timeout.max(1))
+    }
+
+    /// A request with this connection's deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.deadline());
+        request
     }
 }
 
@@ -211,8 +229,8 @@ pub fn api_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-async fn view_info(client: &mut Client, name: &str) -> anyhow::Result<ViewInfo> {
-    let views = client.list_views(ListViewsRequest {}).await.map_err(api_error)?.into_inner().views;
+async fn view_info(client: &mut Client, connect: &Connect, name: &str) -> anyhow::Result<ViewInfo> {
+    let views = client.list_views(connect.request(ListViewsRequest {})).await.map_err(api_error)?.into_inner().views;
     let names: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
     views.into_iter().find(|v| v.name == name).with_context(|| format!("no view {name:?}; the views are {}", names.join(", ")))
 }
@@ -258,8 +276,8 @@ fn print_table(out: &mut impl Write, header: &[String], rows: &[Vec<String>]) ->
     Ok(())
 }
 
-/// Prints a query's rows in `format`.
-pub fn print_rows(out: &mut impl Write, format: OutputFormat, columns: &[Column], rows: &[CountedRow]) -> anyhow::Result<()> {
+/// Prints a query's rows in `format` (with the CSV header if `header_line`).
+pub fn print_rows(out: &mut impl Write, format: OutputFormat, columns: &[Column], rows: &[CountedRow], header_line: bool) -> anyhow::Result<()> {
     // A count column only where rows repeat (the `rejects` view).
     let counted = rows.iter().any(|r| r.count != 1);
     let mut header: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
@@ -277,7 +295,9 @@ pub fn print_rows(out: &mut impl Write, format: OutputFormat, columns: &[Column]
         OutputFormat::Table => print_table(out, &header, &rows.iter().map(cells).collect::<Vec<_>>())?,
         OutputFormat::Csv => {
             let mut writer = csv::Writer::from_writer(out);
-            writer.write_record(&header)?;
+            if header_line {
+                writer.write_record(&header)?;
+            }
             for r in rows {
                 writer.write_record(cells(r))?;
             }
@@ -299,7 +319,7 @@ pub fn print_rows(out: &mut impl Write, format: OutputFormat, columns: &[Column]
 /// `tidemark query`.
 pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
     let mut client = args.connect.client().await?;
-    let view = view_info(&mut client, &args.view).await?;
+    let view = view_info(&mut client, &args.connect, &args.view).await?;
     let range = (!args.from.is_empty() || !args.to.is_empty())
         .then(|| anyhow::Ok(KeyRange { lower: parse_key(&view, &args.from)?, upper: parse_key(&view, &args.to)? }))
         .transpose()?;
@@ -312,13 +332,31 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         as_of: args.as_of,
         limit: args.limit,
         timeout_ms: 0,
+        page_token: Vec::new(),
     };
-    let answer = client.query(request).await.map_err(api_error)?.into_inner();
     let mut out = std::io::stdout().lock();
-    print_rows(&mut out, args.format, &answer.columns, &answer.rows)?;
+    let (mut rows, mut request, mut pages) = (Vec::new(), request, 0usize);
+    let (as_of, truncated) = loop {
+        let answer = client.query(args.connect.request(request.clone())).await.map_err(api_error)?.into_inner();
+        pages += 1;
+        if args.format == OutputFormat::Table {
+            // Aligned columns need every row: pages are gathered, then sorted by key.
+            rows.extend(answer.rows);
+        } else {
+            print_rows(&mut out, args.format, &answer.columns, &answer.rows, pages == 1)?;
+        }
+        if answer.next_page_token.is_empty() {
+            if args.format == OutputFormat::Table {
+                tidemark_proto::merge::sort_by_key(&mut rows, view.key_columns.len());
+                print_rows(&mut out, args.format, &answer.columns, &rows, true)?;
+            }
+            break (answer.as_of, answer.truncated);
+        }
+        request.page_token = answer.next_page_token;
+    };
     if args.format == OutputFormat::Table {
-        let more = if answer.truncated { " (cut at --limit)" } else { "" };
-        eprintln!("{} rows of {} at {} ({}){more}", answer.rows.len(), args.view, answer.as_of, format_timestamp(answer.as_of as i64));
+        let more = if truncated { " (cut at --limit)" } else { "" };
+        eprintln!("{} rows of {} at {} ({}){more}", rows.len(), args.view, as_of, format_timestamp(as_of as i64));
     }
     Ok(())
 }
@@ -326,7 +364,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
 /// `tidemark subscribe`.
 pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut client = args.connect.client().await?;
-    let view = view_info(&mut client, &args.view).await?;
+    let view = view_info(&mut client, &args.connect, &args.view).await?;
     let request = SubscribeRequest {
         view: args.view.clone(),
         filters: args.filters.iter().map(|f| parse_filter(&view, f)).collect::<anyhow::Result<_>>()?,
@@ -365,6 +403,10 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
         if let Some(w) = &mut csv {
             w.flush()?;
         }
+        if batch.more {
+            // The rest of this batch follows; progress comes with its last message.
+            continue;
+        }
         if args.progress {
             match args.format {
                 OutputFormat::Json => writeln!(out, "{}", serde_json::json!({"progress": batch.upper}))?,
@@ -382,7 +424,7 @@ pub async fn subscribe(args: SubscribeArgs) -> anyhow::Result<()> {
 
 /// `tidemark views`.
 pub async fn views(args: InfoArgs) -> anyhow::Result<()> {
-    let views = args.connect.client().await?.list_views(ListViewsRequest {}).await.map_err(api_error)?.into_inner().views;
+    let views = args.connect.client().await?.list_views(args.connect.request(ListViewsRequest {})).await.map_err(api_error)?.into_inner().views;
     if args.json {
         for v in &views {
             let columns: Vec<serde_json::Value> =
@@ -403,7 +445,7 @@ pub async fn views(args: InfoArgs) -> anyhow::Result<()> {
 
 /// `tidemark status`.
 pub async fn status(args: InfoArgs) -> anyhow::Result<()> {
-    let s = args.connect.client().await?.status(StatusRequest {}).await.map_err(api_error)?.into_inner();
+    let s = args.connect.client().await?.status(args.connect.request(StatusRequest {})).await.map_err(api_error)?.into_inner();
     if args.json {
         let line = serde_json::json!({
             "frontier": s.frontier,
@@ -480,7 +522,7 @@ mod tests {
         }];
         let render = |format| {
             let mut out = Vec::new();
-            print_rows(&mut out, format, &v.columns, &rows).expect("writes to memory");
+            print_rows(&mut out, format, &v.columns, &rows, true).expect("writes to memory");
             String::from_utf8(out).expect("utf-8")
         };
         assert_eq!(render(OutputFormat::Csv), "window,window_start,orders,aov\nhour,1970-01-01T00:00:00.000Z,3,12.5\n");

@@ -2,27 +2,34 @@
 //! arrangement, answers peeks at a time once its frontier has passed it, streams its
 //! shard's changes to subscriptions, and inserts ingested records into its input.
 //!
-//! A thread never blocks on a subscriber: subscription changes go to the process's
-//! server through the thread's reply channel, and the server (not the thread) drops a
-//! subscriber that cannot keep up.
+//! Reads are [`Scan`]s over a shard: they run a few milliseconds per turn of the thread's
+//! loop (so a large read never holds the dataflow back for long), stop once they have
+//! gathered a page of rows, and say where they stopped ([`ThreadCursor`]), so the next
+//! page resumes there. A thread never blocks on a subscriber: subscription changes go to
+//! the process's server through the thread's reply channel in chunks of bounded size,
+//! and the server (not the thread) drops a subscriber that cannot keep up.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
+use bincode::Options;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::cursor::{cursor_list, Navigable};
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
 use differential_dataflow::trace::TraceReader;
+use prost::Message;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::progress::Antichain;
 use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::ViewArrangement;
+use tidemark_proto::internal::v1::ThreadCursor;
 use tidemark_proto::v1::{CountedRow, Row, SubscribeBatch, Update, Value};
 
 use super::filter::RowFilter;
@@ -30,20 +37,17 @@ use super::filter::RowFilter;
 /// What a thread is asked to do.
 #[derive(Debug)]
 pub enum ThreadCommand {
-    /// Read a view at `as_of`.
+    /// Read a view at a time.
     Peek {
         /// Peek id.
         id: u64,
         /// View index.
         view: usize,
-        /// Routing-column values of the key to seek (empty: scan every key).
-        seek: Vec<Value>,
-        /// Which rows to return.
-        filter: RowFilter,
-        /// The time to read at.
-        as_of: Time,
+        /// What to read.
+        scan: Scan,
     },
-    /// Stream a view's changes from `as_of`.
+    /// Stream a view's changes at times after `as_of`; compaction stays at `as_of` until
+    /// [`ThreadCommand::Release`].
     Subscribe {
         /// Subscription id.
         id: u64,
@@ -53,8 +57,11 @@ pub enum ThreadCommand {
         filter: RowFilter,
         /// Start time.
         as_of: Time,
-        /// Send the contents at `as_of` first.
-        snapshot: bool,
+    },
+    /// Let compaction pass a subscription's start time.
+    Release {
+        /// Subscription id.
+        id: u64,
     },
     /// End a subscription.
     Cancel {
@@ -66,7 +73,7 @@ pub enum ThreadCommand {
         /// Request id.
         id: u64,
     },
-    /// Insert records (JSON events) at the current input time.
+    /// Insert records (JSON events) at the current input time, once they are durable.
     Ingest {
         /// Request id.
         id: u64,
@@ -104,10 +111,15 @@ impl Inbox {
             TrySendError::Full(_) => "its command queue is full",
             TrySendError::Disconnected(_) => "it has stopped",
         })?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the thread if it is parked.
+    pub fn wake(&self) {
         if let Some(thread) = self.thread.get() {
             thread.unpark();
         }
-        Ok(())
     }
 }
 
@@ -126,20 +138,22 @@ impl Mailbox {
 /// What a thread answers.
 #[derive(Debug)]
 pub enum ThreadReply {
-    /// A peek's rows from this thread, or why it failed.
+    /// A peek's rows from this thread and where it stopped, or why it failed.
     Peek {
         /// Peek id.
         id: u64,
-        /// Rows with counts.
-        result: Result<Vec<CountedRow>, String>,
+        /// Thread index within the process.
+        thread: usize,
+        /// Rows with counts (sorted by key for a limited read), and the cursor.
+        result: Result<(Vec<CountedRow>, ThreadCursor), String>,
     },
-    /// A subscription batch from this thread.
+    /// One message of a subscription batch from this thread.
     Batch {
         /// Subscription id.
         id: u64,
         /// Thread index within the process.
         thread: usize,
-        /// The batch.
+        /// The batch, or part of it (`more`).
         batch: SubscribeBatch,
     },
     /// A subscription could not start here.
@@ -149,12 +163,12 @@ pub enum ThreadReply {
         /// Why.
         error: String,
     },
-    /// Records were inserted.
+    /// Records were inserted, or could not be.
     Ingest {
         /// Request id.
         id: u64,
-        /// Their ingestion time.
-        time: Time,
+        /// Their ingestion time, or why they were not taken (nothing of them applied).
+        result: Result<Time, String>,
     },
     /// This thread's shard sizes, per view: rows (with multiplicity) at the latest
     /// complete time, and updates held in the arrangement.
@@ -175,15 +189,112 @@ pub enum ThreadReply {
     },
 }
 
+/// What a read gathers.
+#[derive(Debug)]
+pub enum Goal {
+    /// The rows at `as_of`, until about `budget` bytes of them.
+    Rows {
+        /// Bytes of rows to gather before stopping.
+        budget: usize,
+    },
+    /// The first `limit` rows at `as_of` in key order.
+    Limit {
+        /// How many.
+        limit: usize,
+    },
+    /// Every update at times in `(as_of, until)`, in chunks of about `chunk` bytes.
+    Changes {
+        /// The end of the times read.
+        until: Time,
+        /// Bytes of updates to gather before handing them on.
+        chunk: usize,
+    },
+}
+
+/// A read of one view shard, run a little at a time.
+#[derive(Debug)]
+pub struct Scan {
+    /// The time read at.
+    pub as_of: Time,
+    /// Which rows.
+    pub filter: RowFilter,
+    /// Routing-column values of a lookup (empty: not a lookup).
+    pub seek: Vec<Value>,
+    /// What to gather.
+    pub goal: Goal,
+    /// Where to resume (from the previous page's cursor; `None`: at the start).
+    pub position: Option<Vec<u8>>,
+    /// Set once every row has been read.
+    pub done: bool,
+    /// Rows gathered (`Rows`, `Limit`).
+    pub rows: Vec<CountedRow>,
+    /// Updates gathered (`Changes`).
+    pub updates: Vec<Update>,
+    /// Encoded size of what is gathered.
+    pub bytes: usize,
+    /// Set when the scan cannot go on (a cursor that does not decode).
+    pub error: Option<String>,
+}
+
+impl Scan {
+    /// A read of `goal` at `as_of`, resuming at `position`.
+    pub fn new(as_of: Time, filter: RowFilter, seek: Vec<Value>, goal: Goal, position: Option<Vec<u8>>) -> Self {
+        Scan { as_of, filter, seek, goal, position, done: false, rows: Vec::new(), updates: Vec::new(), bytes: 0, error: None }
+    }
+
+    /// Whether this turn's work is over: done, failed, or a page or chunk is full.
+    pub fn full(&self) -> bool {
+        self.done
+            || self.error.is_some()
+            || match self.goal {
+                Goal::Rows { budget } => self.bytes >= budget,
+                Goal::Changes { chunk, .. } => self.bytes >= chunk,
+                Goal::Limit { .. } => false,
+            }
+    }
+
+    /// The cursor to report: done, or where the next page resumes.
+    pub fn cursor(&self) -> ThreadCursor {
+        ThreadCursor { done: self.done, position: self.position.clone().unwrap_or_default() }
+    }
+
+    /// Keeps a row the filter selected.
+    fn keep(&mut self, row: Row, count: i64, key_columns: usize) {
+        let row = CountedRow { row: Some(row), count };
+        self.bytes += row.encoded_len() + 4;
+        self.rows.push(row);
+        if let Goal::Limit { limit } = self.goal {
+            if self.rows.len() >= limit.saturating_mul(2).max(64) {
+                sort_rows(&mut self.rows, key_columns);
+                self.rows.truncate(limit);
+                self.bytes = self.rows.iter().map(|r| r.encoded_len() + 4).sum();
+            }
+        }
+    }
+}
+
+/// Sorts rows by their first `key_columns` values.
+pub fn sort_rows(rows: &mut [CountedRow], key_columns: usize) {
+    tidemark_proto::merge::sort_by_key(rows, key_columns);
+}
+
+/// How many val visits a scan makes between two looks at the clock.
+const CLOCK_EVERY: usize = 64;
+
+/// The encoding of cursor positions: bounded, so that a forged one cannot make a thread
+/// allocate without limit.
+fn position_codec() -> impl bincode::Options {
+    bincode::DefaultOptions::new().with_fixint_encoding().with_limit(1 << 20)
+}
+
 /// One view's shard, served.
 pub trait ServedView {
     /// Every time below this is complete in this shard.
     fn upper(&self) -> Time;
     /// Every time below this is in this shard's trace (it may run ahead of [`Self::upper`]).
     fn trace_upper(&mut self) -> Time;
-    /// The rows at `as_of` (with counts) and, if `until` is given, every update at times in
-    /// `(as_of, until)`; only under the arrangement key of `seek` if it is not empty.
-    fn read(&mut self, as_of: Time, until: Option<Time>, seek: &[Value], filter: &RowFilter) -> (Vec<CountedRow>, Vec<Update>);
+    /// Runs `scan` until it is [`Scan::full`], done, or `deadline` has passed.
+    fn scan(&mut self, scan: &mut Scan, deadline: Instant);
     /// Updates that arrived since the last call, if tapping.
     fn drain(&mut self, out: &mut Vec<Update>);
     /// Turns collecting new batches for subscriptions on or off.
@@ -193,20 +304,32 @@ pub trait ServedView {
     fn compact(&mut self, since: Time);
     /// Updates held in this shard's arrangement.
     fn arranged_updates(&mut self) -> usize;
-    /// Rows (with multiplicity) at `as_of`.
-    fn count(&mut self, as_of: Time) -> i64;
+    /// Rows (with multiplicity) in this shard at its latest complete time.
+    fn count(&self) -> i64;
 }
 
 type Batch<K, V> = <ValSpine<K, V, Time, isize> as TraceReader>::Batch;
 
-/// A view's arrangement with a probe and a tap on its batches.
+/// How a view's keys are laid out in its arrangement, which decides what a read can seek.
+pub enum Placement<K> {
+    /// Keys are hashes of the routing columns: a lookup seeks the one arrangement key its
+    /// routing values give; any other read goes through every key.
+    Hashed(fn(&[Value]) -> Option<K>),
+    /// The arrangement's order is the view's key order: a lookup or a range seeks the
+    /// least key its lower bound allows and stops past its end.
+    Ordered(fn(&[Value]) -> Option<K>),
+}
+
+/// A view's arrangement with a probe, a tap on its batches, and its row count.
 pub struct Served<K: differential_dataflow::ExchangeData, V: differential_dataflow::ExchangeData> {
     trace: TraceAgent<ValSpine<K, V, Time, isize>>,
     probe: ProbeHandle<Time>,
     tap: Rc<RefCell<Vec<Batch<K, V>>>>,
     tapping: Rc<Cell<bool>>,
+    rows: Rc<Cell<i64>>,
     to_row: fn(&K, &V) -> Row,
-    seek: fn(&[Value]) -> Option<K>,
+    placement: Placement<K>,
+    key_columns: usize,
     /// The logical and physical compaction last set.
     compacted: (Time, Time),
 }
@@ -216,24 +339,37 @@ where
     K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
     V: differential_dataflow::ExchangeData,
 {
-    /// Serves `arranged` (inside the dataflow that built it): `to_row` makes API rows,
-    /// `seek` turns routing-column values into the arrangement key they live under.
-    pub fn new(arranged: ViewArrangement<'_, K, V>, to_row: fn(&K, &V) -> Row, seek: fn(&[Value]) -> Option<K>) -> Self {
+    /// Serves `arranged` (inside the dataflow that built it): `to_row` makes API rows of
+    /// `key_columns` key columns, `placement` says how keys are laid out.
+    pub fn new(arranged: ViewArrangement<'_, K, V>, to_row: fn(&K, &V) -> Row, placement: Placement<K>, key_columns: usize) -> Self {
         let tap: Rc<RefCell<Vec<Batch<K, V>>>> = Rc::default();
         let tapping = Rc::new(Cell::new(false));
+        let rows = Rc::new(Cell::new(0));
         let probe = ProbeHandle::new();
-        let (sink, on) = (tap.clone(), tapping.clone());
+        let (sink, on, counted) = (tap.clone(), tapping.clone(), rows.clone());
         arranged
             .stream
             .inspect(move |span| {
-                if on.get() {
-                    if let Some(batch) = &span.inner {
+                if let Some(batch) = &span.inner {
+                    // Every update of a batch is at a time below its upper: the sum of all
+                    // diffs seen is the shard's row count at the latest complete time.
+                    let mut cursor = batch.cursor();
+                    let mut total = 0isize;
+                    while cursor.key_valid(batch) {
+                        while cursor.val_valid(batch) {
+                            cursor.map_times(batch, |_, r| total += *r);
+                            cursor.step_val(batch);
+                        }
+                        cursor.step_key(batch);
+                    }
+                    counted.set(counted.get() + total as i64);
+                    if on.get() {
                         sink.borrow_mut().push(batch.clone());
                     }
                 }
             })
             .probe_with(&probe);
-        Served { trace: arranged.trace, probe, tap, tapping, to_row, seek, compacted: (0, 0) }
+        Served { trace: arranged.trace, probe, tap, tapping, rows, to_row, placement, key_columns, compacted: (0, 0) }
     }
 }
 
@@ -247,6 +383,25 @@ where
         let mut upper = Antichain::new();
         self.trace.read_upper(&mut upper);
         self.trace.batches_through(upper.borrow()).expect("the trace's own upper is a clean cut")
+    }
+
+    /// Where a scan starts: the key to seek and the val to resume after, and the one key
+    /// a hashed lookup reads (`Err` if the position does not decode).
+    fn start(&self, scan: &Scan) -> Result<(Option<K>, Option<(V, bool)>, Option<K>), String> {
+        let only = match &self.placement {
+            Placement::Hashed(seek) if !scan.seek.is_empty() => seek(&scan.seek),
+            _ => None,
+        };
+        if let Some(bytes) = &scan.position {
+            let (key, after, again): (K, Option<V>, bool) =
+                position_codec().deserialize(bytes).map_err(|e| format!("the page token's cursor does not decode: {e}"))?;
+            return Ok((Some(key), after.map(|v| (v, again)), only));
+        }
+        let start = match &self.placement {
+            Placement::Hashed(_) => only.clone(),
+            Placement::Ordered(lower) => lower(scan.filter.start_bound()),
+        };
+        Ok((start, None, only))
     }
 }
 
@@ -265,41 +420,98 @@ where
         upper.first().copied().unwrap_or(Time::MAX)
     }
 
-    fn read(&mut self, as_of: Time, until: Option<Time>, seek: &[Value], filter: &RowFilter) -> (Vec<CountedRow>, Vec<Update>) {
+    fn scan(&mut self, scan: &mut Scan, deadline: Instant) {
+        if scan.done || scan.error.is_some() {
+            return;
+        }
+        let (start, mut after, only) = match self.start(scan) {
+            Ok(start) => start,
+            Err(e) => {
+                scan.error = Some(e);
+                return;
+            }
+        };
+        let ordered = matches!(self.placement, Placement::Ordered(_));
         let (mut cursor, storage) = cursor_list(self.batches());
-        let key = if seek.is_empty() { None } else { (self.seek)(seek) };
-        if let Some(key) = &key {
+        if let Some(key) = &start {
             cursor.seek_key(&storage, key);
         }
-        let (mut rows, mut updates) = (Vec::new(), Vec::new());
+        let as_of = scan.as_of;
+        let mut visits = 0usize;
+        // A position is (key, val, whether that val is read again): the next turn seeks
+        // the key, then the val, and skips it if it was read already.
+        let stop_at = |scan: &mut Scan, k: &K, v: &V, again: bool| {
+            scan.position = Some(position_codec().serialize(&(k, Some(v), again)).expect("view keys and rows serialize"));
+        };
         while let Some(k) = cursor.get_key(&storage) {
-            if key.as_ref().is_some_and(|wanted| wanted != k) {
+            if only.as_ref().is_some_and(|wanted| wanted != k) {
                 break;
             }
-            while let Some(v) = cursor.get_val(&storage) {
-                let row = (self.to_row)(k, v);
-                if filter.keeps(&row) {
-                    let mut count = 0isize;
-                    let mut later: BTreeMap<Time, isize> = BTreeMap::new();
-                    cursor.map_times(&storage, |t, r| {
-                        if *t <= as_of {
-                            count += *r;
-                        } else if until.is_some_and(|u| *t < u) {
-                            *later.entry(*t).or_default() += *r;
-                        }
-                    });
-                    for (time, diff) in later.into_iter().filter(|(_, d)| *d != 0) {
-                        updates.push(Update { row: Some(row.clone()), time, diff: diff as i64 });
+            if let Some((v, again)) = after.take() {
+                if start.as_ref() == Some(k) {
+                    // Resume at the val the previous turn stopped at.
+                    cursor.seek_val(&storage, &v);
+                    if !again && cursor.get_val(&storage) == Some(&v) {
+                        cursor.step_val(&storage);
                     }
-                    if count != 0 {
-                        rows.push(CountedRow { row: Some(row), count: count as i64 });
+                }
+            }
+            while let Some(v) = cursor.get_val(&storage) {
+                visits += 1;
+                if visits % CLOCK_EVERY == 0 && Instant::now() >= deadline {
+                    // Stop before this val; the next turn reads it.
+                    stop_at(scan, k, v, true);
+                    return;
+                }
+                let row = (self.to_row)(k, v);
+                if ordered && scan.filter.beyond(&row) {
+                    scan.done = true;
+                    scan.position = None;
+                    return;
+                }
+                if scan.filter.keeps(&row) {
+                    match scan.goal {
+                        Goal::Changes { until, .. } => {
+                            let mut later: BTreeMap<Time, isize> = BTreeMap::new();
+                            cursor.map_times(&storage, |t, r| {
+                                if *t > as_of && *t < until {
+                                    *later.entry(*t).or_default() += *r;
+                                }
+                            });
+                            for (time, diff) in later.into_iter().filter(|(_, d)| *d != 0) {
+                                let update = Update { row: Some(row.clone()), time, diff: diff as i64 };
+                                scan.bytes += update.encoded_len() + 4;
+                                scan.updates.push(update);
+                            }
+                        }
+                        Goal::Rows { .. } | Goal::Limit { .. } => {
+                            let mut count = 0isize;
+                            cursor.map_times(&storage, |t, r| {
+                                if *t <= as_of {
+                                    count += *r;
+                                }
+                            });
+                            if count != 0 {
+                                scan.keep(row, count as i64, self.key_columns);
+                                if ordered && matches!(scan.goal, Goal::Limit { limit } if scan.rows.len() >= limit) {
+                                    scan.done = true;
+                                    scan.position = None;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if scan.full() {
+                        stop_at(scan, k, v, false);
+                        return;
                     }
                 }
                 cursor.step_val(&storage);
             }
             cursor.step_key(&storage);
         }
-        (rows, updates)
+        scan.done = true;
+        scan.position = None;
     }
 
     fn drain(&mut self, out: &mut Vec<Update>) {
@@ -343,20 +555,7 @@ where
         self.batches().iter().map(|b| b.len()).sum()
     }
 
-    fn count(&mut self, as_of: Time) -> i64 {
-        let (mut cursor, storage) = cursor_list(self.batches());
-        let mut total = 0isize;
-        while cursor.key_valid(&storage) {
-            while cursor.val_valid(&storage) {
-                cursor.map_times(&storage, |t, r| {
-                    if *t <= as_of {
-                        total += *r;
-                    }
-                });
-                cursor.step_val(&storage);
-            }
-            cursor.step_key(&storage);
-        }
-        total as i64
+    fn count(&self) -> i64 {
+        self.rows.get()
     }
 }

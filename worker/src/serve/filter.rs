@@ -3,7 +3,8 @@
 use std::cmp::Ordering;
 
 use tidemark_proto::v1::filter::Op;
-use tidemark_proto::v1::{Filter, QueryRequest, Row, Value};
+use tidemark_proto::limits::MAX_FILTERS;
+use tidemark_proto::v1::{Filter, Row, Value};
 use tidemark_proto::value::{check_fits, compare, compare_prefix};
 
 use super::schema::Schema;
@@ -33,6 +34,9 @@ impl RowFilter {
                 check_fits(what, column, v)?;
             }
         }
+        if filters.len() > MAX_FILTERS {
+            return Err(format!("{} filters given; at most {MAX_FILTERS} are allowed", filters.len()));
+        }
         let mut columns = Vec::new();
         for f in filters {
             let index = schema.column(&f.column).ok_or_else(|| format!("{} has no column {:?}", schema.name, f.column))?;
@@ -44,10 +48,18 @@ impl RowFilter {
         Ok(RowFilter { key: key.to_vec(), lower: lower.to_vec(), upper: upper.to_vec(), columns })
     }
 
-    /// A query's selection.
-    pub fn of_query(schema: &Schema, q: &QueryRequest) -> Result<Self, String> {
-        let (lower, upper) = q.range.as_ref().map(|r| (r.lower.as_slice(), r.upper.as_slice())).unwrap_or_default();
-        RowFilter::new(schema, &q.key, lower, upper, &q.filters)
+    /// The least key the selection can hold rows of, as a prefix of key values: the key
+    /// prefix of a lookup, else the range's lower bound (empty: unbounded).
+    pub fn start_bound(&self) -> &[Value] {
+        if self.key.is_empty() { &self.lower } else { &self.key }
+    }
+
+    /// Whether no row after this one in key order can be selected: its key is past the
+    /// lookup's prefix or at or past the range's upper bound.
+    pub fn beyond(&self, row: &Row) -> bool {
+        let values = &row.values;
+        (!self.key.is_empty() && compare_prefix(values, &self.key) == Ordering::Greater)
+            || (!self.upper.is_empty() && compare_prefix(values, &self.upper) != Ordering::Less)
     }
 
     /// Whether the row is selected.
@@ -102,5 +114,21 @@ mod tests {
         assert!(filtered.keeps(&kpi("day", 0, 3)) && !filtered.keeps(&kpi("day", 0, 2)));
         let bad = Filter { column: "nope".into(), op: Op::Eq as i32, value: None };
         assert!(RowFilter::new(schema, &[], &[], &[], &[bad]).unwrap_err().contains("no column"));
+        let many = vec![Filter { column: "events".into(), op: Op::Ge as i32, value: Some(int64(3)) }; MAX_FILTERS + 1];
+        assert!(RowFilter::new(schema, &[], &[], &[], &many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn bounds_say_where_an_ordered_read_starts_and_stops() {
+        let schema = &schemas()[index::KPIS];
+        let range = RowFilter::new(schema, &[], &[string("hour"), timestamp_ms(10)], &[string("hour"), timestamp_ms(20)], &[]).unwrap();
+        assert_eq!(range.start_bound(), &[string("hour"), timestamp_ms(10)]);
+        assert!(!range.beyond(&kpi("hour", 19, 1)) && range.beyond(&kpi("hour", 20, 1)) && range.beyond(&kpi("minute", 0, 1)));
+        assert!(!range.beyond(&kpi("day", 99, 1)), "before the range is not beyond it");
+        let lookup = RowFilter::new(schema, &[string("hour")], &[], &[], &[]).unwrap();
+        assert_eq!(lookup.start_bound(), &[string("hour")]);
+        assert!(!lookup.beyond(&kpi("hour", 99, 1)) && lookup.beyond(&kpi("minute", 0, 1)));
+        let all = RowFilter::new(schema, &[], &[], &[], &[]).unwrap();
+        assert!(all.start_bound().is_empty() && !all.beyond(&kpi("minute", 0, 1)));
     }
 }

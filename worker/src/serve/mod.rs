@@ -31,6 +31,8 @@ use prometheus_client::metrics::counter::Counter;
 use tidemark_coordinator::config::{AddressMap, InternalSecret};
 pub use tidemark_coordinator::command::shutdown_signal;
 use tidemark_proto::internal::v1::worker_server::WorkerServer;
+use tidemark_proto::limits::INTERNAL_MAX_MESSAGE_BYTES;
+use tonic::service::interceptor::InterceptedService;
 
 use self::server::{Shape, WorkerService};
 use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, FraudFlags, GeneratorFlags};
@@ -329,7 +331,12 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     });
     let served = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(WorkerServer::with_interceptor(service.clone(), check))
+        .add_service(InterceptedService::new(
+            WorkerServer::new(service.clone())
+                .max_decoding_message_size(INTERNAL_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(INTERNAL_MAX_MESSAGE_BYTES),
+            check,
+        ))
         .serve_with_incoming_shutdown(tidemark_proto::incoming(listener), async move {
             shutdown.await;
             service.end_session();

@@ -7,6 +7,10 @@ use tidemark_dataflows::decode::Reject;
 use tidemark_dataflows::fraud::{FraudFeatures, FraudScore};
 use tidemark_dataflows::rows::{FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use tidemark_dataflows::views::ViewRow;
+use tidemark_dataflows::decode::RejectReason;
+use tidemark_dataflows::rows::Dimension;
+use tidemark_dataflows::time::Granularity;
+use tidemark_proto::v1::value::Kind as value_kind;
 use tidemark_proto::v1::{Column, ColumnType, Row, Value, ViewInfo};
 use tidemark_proto::value;
 
@@ -382,12 +386,12 @@ pub fn kpi_row(k: &KpiKey, a: &KpiAgg) -> Row {
 }
 
 /// A `rejected_by_reason` row.
-pub fn rejected_row(reason: &tidemark_dataflows::decode::RejectReason, count: &i64) -> Row {
+pub fn rejected_row(reason: &RejectReason, count: &i64) -> Row {
     Row { values: vec![value::string(reason.name()), value::int64(*count)] }
 }
 
 /// A `rejects` row.
-pub fn reject_row(_: &tidemark_dataflows::decode::RejectReason, r: &Reject) -> Row {
+pub fn reject_row(_: &RejectReason, r: &Reject) -> Row {
     Row {
         values: vec![
             value::string(r.reason.name()),
@@ -398,6 +402,55 @@ pub fn reject_row(_: &tidemark_dataflows::decode::RejectReason, r: &Reject) -> R
             value::bytes(&r.raw),
         ],
     }
+}
+
+fn text_value(v: &Value) -> Option<&str> {
+    match v.kind.as_ref()? {
+        value_kind::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn timestamp_value(v: &Value) -> Option<i64> {
+    match v.kind.as_ref()? {
+        value_kind::TimestampMs(ms) => Some(*ms),
+        _ => None,
+    }
+}
+
+/// The least `funnel` key at or after the key values `values` (a prefix), if they read
+/// as one: where a lookup or range seeks in the arrangement, whose order is the view's
+/// key order.
+pub fn funnel_lower(values: &[Value]) -> Option<FunnelKey> {
+    let granularity = Granularity::from_name(text_value(values.first()?)?)?;
+    let window_start = match values.get(1) {
+        Some(v) => timestamp_value(v)?,
+        None => i64::MIN,
+    };
+    let dimension = match values.get(2) {
+        Some(v) => Dimension::from_name(text_value(v)?)?,
+        None => *Dimension::ALL.iter().min().expect("dimensions exist"),
+    };
+    let value = match values.get(3) {
+        Some(v) => text_value(v)?.into(),
+        None => "".into(),
+    };
+    Some(FunnelKey { granularity, window_start, dimension, value })
+}
+
+/// The least `kpis` key at or after the key values `values` (see [`funnel_lower`]).
+pub fn kpi_lower(values: &[Value]) -> Option<KpiKey> {
+    let granularity = Granularity::from_name(text_value(values.first()?)?)?;
+    let window_start = match values.get(1) {
+        Some(v) => timestamp_value(v)?,
+        None => i64::MIN,
+    };
+    Some(KpiKey { granularity, window_start })
+}
+
+/// The reject reason at the start of `values` (see [`funnel_lower`]).
+pub fn reason_lower(values: &[Value]) -> Option<RejectReason> {
+    RejectReason::from_name(text_value(values.first()?)?)
 }
 
 /// The [`index`] of the view a row belongs to.
@@ -509,5 +562,48 @@ mod tests {
         for s in &schemas {
             assert!(s.columns[..s.key_columns].iter().all(|c| !c.nullable), "{}: a nullable key column", s.name);
         }
+    }
+
+    /// The views served as [`Placement::Ordered`](crate::serve::compute::Placement) keep
+    /// their arrangement in the view's key order, and the lower bounds seek exactly: rows
+    /// sorted by arrangement key are sorted by key values, and the least arrangement key
+    /// at or after a row's key values is that row's own.
+    #[test]
+    fn ordered_views_are_arranged_in_key_order() {
+        use tidemark_dataflows::generator::{Generator, GeneratorConfig};
+        use tidemark_dataflows::reference::Reference;
+        use tidemark_dataflows::views::ViewConfig;
+        use tidemark_proto::value::compare_all;
+        let generator = GeneratorConfig { seed: 5, events_per_sec: 5, users: 300, malformed_rate: 0.05, ..GeneratorConfig::default() };
+        let records: Vec<_> = Generator::new(generator, 0, 1).take(3000).map(|g| (g.record, g.ingest_ms)).collect();
+        let last = records.last().expect("records").1;
+        let state = Reference::new(&records, &ViewConfig::default()).views_at(last);
+        let mut funnel: Vec<(FunnelKey, Row)> = Vec::new();
+        let mut kpis: Vec<(KpiKey, Row)> = Vec::new();
+        let mut reasons: Vec<(RejectReason, Row)> = Vec::new();
+        for row in state.keys() {
+            match row {
+                ViewRow::Funnel { key, agg } => funnel.push((key.clone(), funnel_row(key, agg))),
+                ViewRow::Kpis { key, agg } => kpis.push((*key, kpi_row(key, agg))),
+                ViewRow::Rejects(r) => reasons.push((r.reason, reject_row(&r.reason, r))),
+                _ => {}
+            }
+        }
+        assert!(funnel.len() > 100 && kpis.len() > 10 && reasons.len() > 10);
+        fn check<K: Ord + std::fmt::Debug>(mut rows: Vec<(K, Row)>, key_columns: usize, lower: fn(&[Value]) -> Option<K>) {
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            for pair in rows.windows(2) {
+                let order = compare_all(&pair[0].1.values[..key_columns], &pair[1].1.values[..key_columns]);
+                assert_ne!(order, std::cmp::Ordering::Greater, "{:?} before {:?}", pair[0].0, pair[1].0);
+            }
+            for (key, row) in &rows {
+                assert_eq!(lower(&row.values[..key_columns]).as_ref(), Some(key), "the lower bound of a row's own key");
+            }
+        }
+        check(funnel, 4, funnel_lower);
+        check(kpis, 2, kpi_lower);
+        check(reasons, 1, reason_lower);
+        assert_eq!(funnel_lower(&[value::string("hour")]).map(|k| (k.granularity, k.window_start)), Some((Granularity::Hour, i64::MIN)));
+        assert_eq!(kpi_lower(&[value::string("fortnight")]), None, "no such granularity: no seek");
     }
 }

@@ -16,7 +16,9 @@ use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::internal::v1::ErrorKind;
 use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
-use tidemark_proto::merge::{sort_by_key, BatchMerge, FrontierMerge};
+use tidemark_proto::internal::v1::ThreadCursor;
+use tidemark_proto::limits::{CHUNK_BYTES, MAX_RESPONSE_BYTES, MIN_THREAD_BUDGET_BYTES};
+use tidemark_proto::merge::{chunks, cut_to_bytes, sort_by_key, BatchMerge, FrontierMerge};
 use tidemark_proto::routing::{key_hash, owner, routing_text};
 use tidemark_proto::v1::{CountedRow, IngestReject, ViewStatus};
 use tidemark_proto::PROTOCOL_VERSION;
@@ -28,7 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::compute::{Inbox, ThreadCommand, ThreadReply};
+use super::compute::{Goal, Inbox, Scan, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema::Schema;
 use crate::source::now_ms;
@@ -38,6 +40,26 @@ const OUTBOUND: usize = 1024;
 
 fn peek_failed(id: u64, kind: ErrorKind, error: String) -> Resp {
     Resp::Peek(wire::PeekResponse { id, error, error_kind: kind as i32, ..Default::default() })
+}
+
+fn ingest_failed(id: u64, kind: ErrorKind, error: String) -> Resp {
+    Resp::Ingest(wire::IngestAck { id, error, error_kind: kind as i32, ..Default::default() })
+}
+
+/// The one response to a peek once every asked thread has answered: rows sorted by key
+/// (cut at the limit, and at the response budget), and every thread's cursor.
+fn finish_peek(id: u64, mut merge: PeekMerge) -> Resp {
+    if let Some((kind, error)) = merge.error {
+        return peek_failed(id, kind, error);
+    }
+    sort_by_key(&mut merge.rows, merge.key_columns);
+    let mut truncated = merge.limit > 0 && merge.rows.len() > merge.limit;
+    if merge.limit > 0 {
+        merge.rows.truncate(merge.limit);
+        truncated |= cut_to_bytes(&mut merge.rows, MAX_RESPONSE_BYTES);
+    }
+    let cursors = if merge.limit > 0 { Vec::new() } else { merge.cursors };
+    Resp::Peek(wire::PeekResponse { id, rows: merge.rows, truncated, cursors, ..Default::default() })
 }
 
 fn ended(id: u64, kind: ErrorKind, error: String) -> Resp {
@@ -58,6 +80,8 @@ pub struct Shape {
 struct PeekMerge {
     remaining: usize,
     rows: Vec<CountedRow>,
+    /// Every thread's cursor, in thread order (paged reads).
+    cursors: Vec<ThreadCursor>,
     error: Option<(ErrorKind, String)>,
     key_columns: usize,
     limit: usize,
@@ -195,26 +219,23 @@ impl WorkerService {
     fn on_reply(&self, reply: ThreadReply) -> Vec<Resp> {
         let mut state = self.lock();
         match reply {
-            ThreadReply::Peek { id, result } => {
+            ThreadReply::Peek { id, thread, result } => {
                 let Some(merge) = state.peeks.get_mut(&id) else { return Vec::new() };
                 match result {
-                    Ok(rows) => merge.rows.extend(rows),
+                    Ok((rows, cursor)) => {
+                        merge.rows.extend(rows);
+                        if let Some(slot) = merge.cursors.get_mut(thread) {
+                            *slot = cursor;
+                        }
+                    }
                     Err(e) => merge.error = Some((ErrorKind::Compacted, e)),
                 }
                 merge.remaining -= 1;
                 if merge.remaining > 0 {
                     return Vec::new();
                 }
-                let mut merge = state.peeks.remove(&id).expect("present above");
-                if let Some((kind, error)) = merge.error {
-                    return vec![peek_failed(id, kind, error)];
-                }
-                sort_by_key(&mut merge.rows, merge.key_columns);
-                let truncated = merge.limit > 0 && merge.rows.len() > merge.limit;
-                if truncated {
-                    merge.rows.truncate(merge.limit);
-                }
-                vec![Resp::Peek(wire::PeekResponse { id, rows: merge.rows, truncated, ..Default::default() })]
+                let merge = state.peeks.remove(&id).expect("present above");
+                vec![finish_peek(id, merge)]
             }
             ThreadReply::Batch { id, thread, batch } => {
                 let Some(merge) = state.subscriptions.get_mut(&id) else { return Vec::new() };
@@ -225,7 +246,7 @@ impl WorkerService {
                 }
                 let mut out = Vec::new();
                 while let Some(batch) = merge.take() {
-                    out.push(Resp::Batch(wire::SubscriptionBatch { id, batch: Some(batch) }));
+                    out.extend(chunks(batch, CHUNK_BYTES).into_iter().map(|part| Resp::Batch(wire::SubscriptionBatch { id, batch: Some(part) })));
                 }
                 out
             }
@@ -236,9 +257,12 @@ impl WorkerService {
                 let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
                 vec![ended(id, ErrorKind::Compacted, error)]
             }
-            ThreadReply::Ingest { id, time } => {
+            ThreadReply::Ingest { id, result } => {
                 let (accepted, rejects) = state.ingests.remove(&id).unwrap_or_default();
-                vec![Resp::Ingest(wire::IngestAck { id, accepted, rejects, time })]
+                vec![match result {
+                    Ok(time) => Resp::Ingest(wire::IngestAck { id, accepted, rejects, time, ..Default::default() }),
+                    Err(error) => ingest_failed(id, ErrorKind::Unavailable, error),
+                }]
             }
             ThreadReply::Status { id, views } => {
                 let Some(merge) = state.statuses.get_mut(&id) else { return Vec::new() };
@@ -286,6 +310,7 @@ impl WorkerService {
             Cmd::Cancel(c) => self.handle_cancel(c),
             Cmd::Ingest(i) => self.handle_ingest(i),
             Cmd::Status(s) => self.handle_status(s),
+            Cmd::Release(r) => self.handle_release(r),
         }
     }
 
@@ -322,25 +347,51 @@ impl WorkerService {
             Ok(f) => f,
             Err(e) => return fail(ErrorKind::Invalid, e),
         };
-        // A key with every routing column lives on one thread of one process.
+        let threads = self.shape.threads;
+        let mut cursors = if peek.cursors.is_empty() { vec![ThreadCursor::default(); threads] } else { peek.cursors };
+        if cursors.len() != threads {
+            return fail(ErrorKind::Invalid, format!("{} cursors for a process of {threads} threads", cursors.len()));
+        }
+        // A key with every routing column lives on one thread of one process: the others
+        // have nothing to add.
         let routing = schema.routing_columns;
-        let (threads, seek) = match (peek.key.len() >= routing).then(|| routing_text(&peek.key[..routing])).flatten() {
-            Some(text) => {
-                let global = owner(key_hash(&text), self.shape.processes * self.shape.threads);
-                let first = self.shape.process * self.shape.threads;
-                if !(first..first + self.shape.threads).contains(&global) {
-                    return vec![Resp::Peek(wire::PeekResponse { id, ..Default::default() })];
-                }
-                (vec![global - first], peek.key[..routing].to_vec())
+        let mut seek = Vec::new();
+        if let Some(text) = (routing > 0 && peek.key.len() >= routing).then(|| routing_text(&peek.key[..routing])).flatten() {
+            let global = owner(key_hash(&text), self.shape.processes * threads);
+            let first = self.shape.process * threads;
+            if !(first..first + threads).contains(&global) {
+                let owner = global / threads;
+                return fail(ErrorKind::Invalid, format!("the key is owned by process {owner}, not by process {}", self.shape.process));
             }
-            None => (self.all_threads(), Vec::new()),
-        };
-        let merge = PeekMerge { remaining: threads.len(), rows: Vec::new(), error: None, key_columns: schema.key_columns, limit: peek.limit as usize };
+            for (t, cursor) in cursors.iter_mut().enumerate() {
+                if t != global - first {
+                    cursor.done = true;
+                }
+            }
+            seek = peek.key[..routing].to_vec();
+        }
+        let limit = peek.limit as usize;
+        if limit > 0 {
+            // A limited read is one answer: every thread reads from its start.
+            cursors.iter_mut().for_each(|c| c.position.clear());
+        }
+        let asked: Vec<usize> = (0..threads).filter(|t| !cursors[*t].done).collect();
+        let merge = PeekMerge { remaining: asked.len(), rows: Vec::new(), cursors: cursors.clone(), error: None, key_columns: schema.key_columns, limit };
+        if asked.is_empty() {
+            return vec![finish_peek(id, merge)];
+        }
         self.lock().peeks.insert(id, merge);
-        let as_of = peek.as_of;
-        if let Err(e) = self.to_threads(&threads, || ThreadCommand::Peek { id, view, seek: seek.clone(), filter: filter.clone(), as_of }) {
-            self.lock().peeks.remove(&id);
-            return fail(ErrorKind::Unavailable, e);
+        let budget = (peek.thread_budget_bytes as usize).max(MIN_THREAD_BUDGET_BYTES);
+        let scan = |t: usize| {
+            let goal = if limit > 0 { Goal::Limit { limit } } else { Goal::Rows { budget } };
+            let position = Some(cursors[t].position.clone()).filter(|p| !p.is_empty());
+            Scan::new(peek.as_of, filter.clone(), seek.clone(), goal, position)
+        };
+        for &t in &asked {
+            if let Err(e) = self.threads[t].send(ThreadCommand::Peek { id, view, scan: scan(t) }) {
+                self.lock().peeks.remove(&id);
+                return fail(ErrorKind::Unavailable, format!("worker thread {t} cannot take commands: {e}"));
+            }
         }
         Vec::new()
     }
@@ -357,11 +408,20 @@ impl WorkerService {
             Err(e) => return fail(ErrorKind::Invalid, e),
         };
         self.lock().subscriptions.insert(id, BatchMerge::new(self.shape.threads, s.as_of));
-        let (as_of, snapshot) = (s.as_of, !s.without_snapshot);
-        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id, view, filter: filter.clone(), as_of, snapshot }) {
+        let as_of = s.as_of;
+        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id, view, filter: filter.clone(), as_of }) {
             self.lock().subscriptions.remove(&id);
             let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
             return fail(ErrorKind::Unavailable, e);
+        }
+        Vec::new()
+    }
+
+    fn handle_release(&self, r: wire::Release) -> Vec<Resp> {
+        let id = r.id;
+        if self.lock().subscriptions.contains_key(&id) {
+            // A thread that misses it keeps compaction held until the subscription ends.
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Release { id });
         }
         Vec::new()
     }
@@ -392,7 +452,7 @@ impl WorkerService {
         if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id, events }) {
             self.lock().ingests.remove(&id);
             tracing::warn!("ingest {id} refused: {e}");
-            return vec![Resp::Ingest(wire::IngestAck { id, accepted: 0, rejects: Vec::new(), time: 0 })];
+            return vec![ingest_failed(id, ErrorKind::Unavailable, format!("the worker process is busy ({e}); retry"))];
         }
         Vec::new()
     }

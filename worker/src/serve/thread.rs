@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use prometheus_client::metrics::counter::Counter;
@@ -14,13 +14,15 @@ use tidemark_dataflows::decode::{Format, RawRecord};
 use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::key_of;
 use tidemark_dataflows::time::Time;
-use tidemark_dataflows::views::{build, ViewConfig, ViewRow, WireRow};
+use tidemark_dataflows::views::{build, ViewArrangement, ViewConfig, ViewRow, WireRow};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use tidemark_proto::v1::value::Kind;
+use tidemark_proto::limits::CHUNK_BYTES;
+use tidemark_proto::merge::chunks;
 use tidemark_proto::v1::{SubscribeBatch, Update, Value};
 use tokio::sync::mpsc::Sender;
 
-use super::compute::{Mailbox, Served, ServedView, ThreadCommand, ThreadReply};
+use super::compute::{sort_rows, Goal, Mailbox, Placement, Scan, Served, ServedView, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema;
 use crate::driver::{MAX_IN_FLIGHT, MAX_LAG_MS};
@@ -146,40 +148,39 @@ pub struct ThreadContext {
     pub export: ExportPlan,
 }
 
-struct Peek {
+/// A peek in progress on this thread.
+struct PeekRun {
     id: u64,
     view: usize,
-    seek: Vec<Value>,
-    filter: RowFilter,
-    as_of: Time,
+    scan: Scan,
 }
 
-impl Peek {
-    /// The answer, once the view's shard has passed `as_of` (or it is compacted away).
-    fn answer(&self, views: &mut [Box<dyn ServedView>], since: Time) -> Option<ThreadReply> {
-        if self.as_of < since {
-            return Some(ThreadReply::Peek { id: self.id, result: Err(format!("as_of {} is below the compaction frontier {since}", self.as_of)) });
-        }
-        let view = &mut views[self.view];
-        if view.upper() <= self.as_of {
-            return None;
-        }
-        let (rows, _) = view.read(self.as_of, None, &self.seek, &self.filter);
-        Some(ThreadReply::Peek { id: self.id, result: Ok(rows) })
-    }
-}
-
+/// A subscription on this thread.
 struct Subscription {
     view: usize,
     filter: RowFilter,
     as_of: Time,
-    snapshot: bool,
-    /// `None` until started; then the next batch's lower bound and the updates buffered
-    /// for it and later batches.
-    live: Option<(Time, Vec<Update>)>,
+    /// Compaction stays at `as_of` until released.
+    hold: bool,
+    phase: Phase,
 }
 
-/// The arrangement key under which a user's (or customer's) rows live.
+/// Where a subscription is.
+enum Phase {
+    /// Waiting for the view's trace to pass `as_of`.
+    Waiting,
+    /// Reading the updates in `(as_of, until)` from the trace, a little per turn; changes
+    /// at `until` and later are buffered meanwhile.
+    Starting { scan: Scan, until: Time, buffer: Vec<Update> },
+    /// Streaming: the next batch starts at `lower`.
+    Live { lower: Time, buffer: Vec<Update> },
+}
+
+/// How long the reads (peeks and subscription starts) may run per turn of the loop, in
+/// all: a large read is spread over many turns instead of holding the dataflow back.
+const READ_SLICE: Duration = Duration::from_millis(4);
+
+/// The arrangement key under which a user's (or customer's, or card's) rows live.
 fn seek_user(values: &[Value]) -> Option<u64> {
     match values.first()?.kind.as_ref()? {
         Kind::String(user) => Some(key_of(user)),
@@ -187,8 +188,18 @@ fn seek_user(values: &[Value]) -> Option<u64> {
     }
 }
 
+/// Serves view `index` of [`schema::schemas`] from its arrangement.
+fn served<K, V>(arranged: ViewArrangement<'_, K, V>, index: usize, to_row: fn(&K, &V) -> tidemark_proto::v1::Row, placement: Placement<K>) -> Box<dyn ServedView>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    Box::new(Served::new(arranged, to_row, placement, schema::schemas()[index].key_columns))
+}
+
 /// Runs one serving thread until the process stops.
 pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::Result<()> {
+    use schema::index;
     let local = worker.index() % ctx.threads;
     ctx.commands.register();
     let tick = ctx.config.tick_ms.max(1);
@@ -215,18 +226,19 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                 .probe()
                 .0
         });
+        // In the order of `schema::index`.
         let served: Vec<Box<dyn ServedView>> = vec![
-            Box::new(Served::new(v.sessions, |_, s| schema::session_row(s), seek_user)),
-            Box::new(Served::new(v.funnel, schema::funnel_row, |_| None)),
-            Box::new(Served::new(v.kpis, schema::kpi_row, |_| None)),
-            Box::new(Served::new(v.rejected_by_reason, schema::rejected_row, |_| None)),
-            Box::new(Served::new(v.rejects, schema::reject_row, |_| None)),
-            Box::new(Served::new(v.clv.customer_rfm, schema::rfm_row, seek_user)),
-            Box::new(Served::new(v.clv.clv_model, schema::clv_model_row, |_| None)),
-            Box::new(Served::new(v.clv.customer_clv, schema::clv_row, seek_user)),
-            Box::new(Served::new(v.fraud.features, schema::fraud_row, seek_user)),
-            Box::new(Served::new(v.fraud.scores, schema::score_row, seek_user)),
-            Box::new(Served::new(v.fraud.alerts, schema::score_row, seek_user)),
+            served(v.sessions, index::SESSIONS, |_, s| schema::session_row(s), Placement::Hashed(seek_user)),
+            served(v.funnel, index::FUNNEL, schema::funnel_row, Placement::Ordered(schema::funnel_lower)),
+            served(v.kpis, index::KPIS, schema::kpi_row, Placement::Ordered(schema::kpi_lower)),
+            served(v.rejected_by_reason, index::REJECTED_BY_REASON, schema::rejected_row, Placement::Ordered(schema::reason_lower)),
+            served(v.rejects, index::REJECTS, schema::reject_row, Placement::Ordered(schema::reason_lower)),
+            served(v.clv.customer_rfm, index::CUSTOMER_RFM, schema::rfm_row, Placement::Hashed(seek_user)),
+            served(v.clv.clv_model, index::CLV_MODEL, schema::clv_model_row, Placement::Ordered(|_| None)),
+            served(v.clv.customer_clv, index::CUSTOMER_CLV, schema::clv_row, Placement::Hashed(seek_user)),
+            served(v.fraud.features, index::FRAUD_FEATURES, schema::fraud_row, Placement::Hashed(seek_user)),
+            served(v.fraud.scores, index::FRAUD_SCORES, schema::score_row, Placement::Hashed(seek_user)),
+            served(v.fraud.alerts, index::FRAUD_ALERTS, schema::score_row, Placement::Hashed(seek_user)),
         ];
         (input, served, export_probe)
     });
@@ -255,7 +267,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
     let mut kafka_batch = Vec::new();
     let mut in_flight = InFlight::default();
     let mut frontier: Time = 0;
-    let mut peeks: Vec<Peek> = Vec::new();
+    let mut peeks: Vec<PeekRun> = Vec::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let (mut since, mut reported) = (0, (0, 0));
     let mut position = (worker.index() as u64) << 40;
@@ -312,28 +324,20 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
         }
         while let Some(command) = ctx.commands.try_recv() {
             match command {
-                ThreadCommand::Peek { id, view, seek, filter, as_of } => {
-                    // Usually answerable at once: the coordinator reads at a complete time.
-                    let peek = Peek { id, view, seek, filter, as_of };
-                    match peek.answer(&mut views, since) {
-                        Some(answer) => reply(answer),
-                        None => peeks.push(peek),
-                    }
+                ThreadCommand::Peek { id, view, scan } => peeks.push(PeekRun { id, view, scan }),
+                ThreadCommand::Subscribe { id, view, filter, as_of } => {
+                    subscriptions.insert(id, Subscription { view, filter, as_of, hold: true, phase: Phase::Waiting });
                 }
-                ThreadCommand::Subscribe { id, view, filter, as_of, snapshot } => {
-                    subscriptions.insert(id, Subscription { view, filter, as_of, snapshot, live: None });
+                ThreadCommand::Release { id } => {
+                    if let Some(s) = subscriptions.get_mut(&id) {
+                        s.hold = false;
+                    }
                 }
                 ThreadCommand::Cancel { id } => {
                     subscriptions.remove(&id);
                 }
                 ThreadCommand::Status { id } => {
-                    let sizes = views
-                        .iter_mut()
-                        .map(|v| {
-                            let upper = v.upper();
-                            (if upper > 0 { v.count(upper - 1) } else { 0 }, v.arranged_updates() as i64)
-                        })
-                        .collect();
+                    let sizes = views.iter_mut().map(|v| (v.count(), v.arranged_updates() as i64)).collect();
                     reply(ThreadReply::Status { id, views: sizes });
                 }
                 ThreadCommand::Ingest { id, events } => {
@@ -344,11 +348,12 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                         input.insert(RawRecord { format: Format::Json, position, bytes });
                     }
                     input.flush();
-                    reply(ThreadReply::Ingest { id, time });
+                    reply(ThreadReply::Ingest { id, result: Ok(time) });
                 }
             }
         }
-        if inserted > 0 {
+        let busy = inserted > 0 || !peeks.is_empty() || subscriptions.values().any(|s| matches!(s.phase, Phase::Starting { .. }));
+        if busy {
             worker.step();
         } else {
             // Park until the next tick at most; a command wakes the thread earlier.
@@ -358,13 +363,34 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
             exporter.export()?;
         }
 
-        // Peeks whose time every view shard here has now passed.
-        peeks.retain(|p| match p.answer(&mut views, since) {
-            Some(answer) => {
-                reply(answer);
-                false
+        // Reads share a slice of time per turn.
+        let deadline = Instant::now() + READ_SLICE;
+        peeks.retain_mut(|p| {
+            if p.scan.as_of < since {
+                reply(ThreadReply::Peek { id: p.id, thread: local, result: Err(format!("as_of {} is below the compaction frontier {since}", p.scan.as_of)) });
+                return false;
             }
-            None => true,
+            let view = &mut views[p.view];
+            if view.upper() <= p.scan.as_of {
+                return true;
+            }
+            if Instant::now() < deadline {
+                view.scan(&mut p.scan, deadline);
+            }
+            if let Some(error) = p.scan.error.take() {
+                reply(ThreadReply::Peek { id: p.id, thread: local, result: Err(error) });
+                return false;
+            }
+            if !p.scan.full() {
+                return true;
+            }
+            let mut rows = std::mem::take(&mut p.scan.rows);
+            if let Goal::Limit { limit } = p.scan.goal {
+                sort_rows(&mut rows, schema::schemas()[p.view].key_columns);
+                rows.truncate(limit);
+            }
+            reply(ThreadReply::Peek { id: p.id, thread: local, result: Ok((rows, p.scan.cursor())) });
+            false
         });
 
         // Subscriptions: new changes first, then start the ones whose time has come.
@@ -377,41 +403,57 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
         }
         let mut failed = Vec::new();
         for (id, s) in subscriptions.iter_mut() {
-            match &mut s.live {
-                Some((lower, buffer)) => {
-                    buffer.extend(changes[&s.view].iter().filter(|u| u.time >= *lower && s.filter.keeps(u.row.as_ref().expect("rows are set"))).cloned());
+            let batch = |lower: Time, upper: Time, updates: Vec<Update>, more: bool| ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower, upper, updates, more } };
+            let keep = |u: &&Update, from: Time| u.time >= from && s.filter.keeps(u.row.as_ref().expect("rows are set"));
+            match &mut s.phase {
+                Phase::Live { lower, buffer } => {
+                    buffer.extend(changes[&s.view].iter().filter(|u| keep(u, *lower)).cloned());
                     let upper = uppers[s.view];
                     if upper > *lower {
                         let (ready, later): (Vec<Update>, Vec<Update>) = buffer.drain(..).partition(|u| u.time < upper);
                         *buffer = later;
-                        reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: *lower, upper, updates: ready } });
+                        for part in chunks(SubscribeBatch { lower: *lower, upper, updates: ready, more: false }, CHUNK_BYTES) {
+                            reply(ThreadReply::Batch { id: *id, thread: local, batch: part });
+                        }
                         *lower = upper;
                     }
                 }
-                None if s.as_of < since => failed.push(*id),
-                None => {
-                    let view = &mut views[s.view];
-                    let trace_upper = view.trace_upper();
-                    if trace_upper <= s.as_of {
+                Phase::Starting { scan, until, buffer } => {
+                    buffer.extend(changes[&s.view].iter().filter(|u| keep(u, *until)).cloned());
+                    if Instant::now() < deadline {
+                        views[s.view].scan(scan, deadline);
+                    }
+                    if let Some(error) = scan.error.take() {
+                        failed.push((*id, error));
+                    } else if scan.done {
+                        reply(batch(s.as_of + 1, *until, std::mem::take(&mut scan.updates), false));
+                        s.phase = Phase::Live { lower: *until, buffer: std::mem::take(buffer) };
+                    } else if scan.full() {
+                        scan.bytes = 0;
+                        reply(batch(s.as_of + 1, *until, std::mem::take(&mut scan.updates), true));
+                    }
+                }
+                Phase::Waiting if s.as_of < since => failed.push((*id, format!("as_of {} is below the compaction frontier {since}", s.as_of))),
+                Phase::Waiting => {
+                    let until = views[s.view].trace_upper();
+                    if until <= s.as_of {
                         continue;
                     }
-                    let (rows, later) = view.read(s.as_of, Some(trace_upper), &[], &s.filter);
-                    let snapshot = if s.snapshot {
-                        rows.into_iter().map(|r| Update { row: r.row, time: s.as_of, diff: r.count }).collect()
+                    // The first batch holds no updates: the contents at `as_of` are read
+                    // with peeks. Then the updates the trace already holds after `as_of`.
+                    reply(batch(s.as_of, s.as_of + 1, Vec::new(), false));
+                    s.phase = if until > s.as_of + 1 {
+                        let goal = Goal::Changes { until, chunk: CHUNK_BYTES };
+                        Phase::Starting { scan: Scan::new(s.as_of, s.filter.clone(), Vec::new(), goal, None), until, buffer: Vec::new() }
                     } else {
-                        Vec::new()
+                        Phase::Live { lower: until, buffer: Vec::new() }
                     };
-                    reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: s.as_of, upper: s.as_of + 1, updates: snapshot } });
-                    if trace_upper > s.as_of + 1 {
-                        reply(ThreadReply::Batch { id: *id, thread: local, batch: SubscribeBatch { lower: s.as_of + 1, upper: trace_upper, updates: later } });
-                    }
-                    s.live = Some((trace_upper, Vec::new()));
                 }
             }
         }
-        for id in failed {
+        for (id, error) in failed {
             subscriptions.remove(&id);
-            reply(ThreadReply::Failed { id, error: format!("as_of is below the compaction frontier {since}") });
+            reply(ThreadReply::Failed { id, error });
         }
         for (v, view) in views.iter_mut().enumerate() {
             view.set_tapping(subscriptions.values().any(|s| s.view == v));
@@ -420,7 +462,11 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
         // Frontier and compaction: keep `history_ms` readable, and whatever is waited for.
         let upper = uppers.iter().copied().min().unwrap_or(Time::MAX);
         frontier = upper;
-        let held = peeks.iter().map(|p| p.as_of).chain(subscriptions.values().filter(|s| s.live.is_none()).map(|s| s.as_of)).min();
+        let held = peeks
+            .iter()
+            .map(|p| p.scan.as_of)
+            .chain(subscriptions.values().filter(|s| s.hold || !matches!(s.phase, Phase::Live { .. })).map(|s| s.as_of))
+            .min();
         let target = upper.saturating_sub(ctx.history_ms).min(held.unwrap_or(Time::MAX));
         since = since.max(target);
         for view in views.iter_mut() {
