@@ -49,8 +49,38 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// How long a process takes to stop gracefully after SIGTERM before it simply exits.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves on SIGTERM or Ctrl-C, and from then on makes sure the process ends: it exits
+/// on its own after [`STOP_GRACE`] if the graceful stop has not finished (a peer that
+/// stays connected, or timely waiting for a peer process, must not keep it alive), or at
+/// once on a second signal. Nothing acknowledged is lost by that: acknowledged events are
+/// already durable.
 pub async fn shutdown_signal() {
+    signal().await;
+    exit_after_grace();
+}
+
+/// From now on, the process ends within [`STOP_GRACE`], or at once on a signal.
+pub fn exit_after_grace() {
+    std::thread::Builder::new()
+        .name("stop-deadline".into())
+        .spawn(|| {
+            std::thread::sleep(STOP_GRACE);
+            eprintln!("did not stop within {STOP_GRACE:?}; exiting");
+            std::process::exit(0);
+        })
+        .expect("starting a thread");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("a second signal: exiting now");
+        std::process::exit(0);
+    });
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

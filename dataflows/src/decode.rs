@@ -132,20 +132,65 @@ impl fmt::Display for RejectReason {
 }
 
 /// A rejected record: why, a human-readable detail, and the bytes as received.
+///
+/// As decoding makes it, `raw` holds every byte (what dead-letter files and topics get);
+/// the `rejects` view keeps a [`Reject::sample`], whose `raw` is cut to
+/// [`RAW_SAMPLE_BYTES`], so that a large record costs the view little. `size` and
+/// `sha256` always describe the whole record. Rejects sort by reason, ingestion time and
+/// position first: the `rejects` view's key order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reject {
     /// The reason class (what `rejected_by_reason` counts).
     pub reason: RejectReason,
-    /// What exactly was wrong, e.g. `missing field user_id`.
-    pub detail: String,
     /// Ingestion time of the record.
     pub ingest_time: Time,
-    /// Format of the record.
-    pub format: Format,
     /// Position of the record in its source.
     pub position: u64,
-    /// The raw bytes (for duplicates: the canonical JSON of the duplicate delivery).
+    /// What exactly was wrong, e.g. `missing field user_id`.
+    pub detail: String,
+    /// Format of the record.
+    pub format: Format,
+    /// The raw bytes (for duplicates: the canonical JSON of the duplicate delivery), or
+    /// their first [`RAW_SAMPLE_BYTES`] in a sample.
     pub raw: Vec<u8>,
+    /// How many bytes the record has.
+    pub size: u64,
+    /// The SHA-256 of the record's bytes, in lower-case hex.
+    pub sha256: String,
+}
+
+/// How many bytes of a rejected record the `rejects` view keeps.
+pub const RAW_SAMPLE_BYTES: usize = 1024;
+
+/// The longest reject detail kept, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 512;
+
+impl Reject {
+    /// A reject of the whole bytes `raw` (its detail cut to [`MAX_DETAIL_BYTES`]).
+    pub fn new(reason: RejectReason, detail: String, ingest_time: Time, format: Format, position: u64, raw: Vec<u8>) -> Reject {
+        use sha2::Digest;
+        use std::fmt::Write;
+        let mut sha256 = String::with_capacity(64);
+        for b in sha2::Sha256::digest(&raw) {
+            let _ = write!(sha256, "{b:02x}");
+        }
+        let mut detail = detail;
+        if detail.len() > MAX_DETAIL_BYTES {
+            let mut end = MAX_DETAIL_BYTES;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        Reject { reason, detail, ingest_time, format, position, size: raw.len() as u64, raw, sha256 }
+    }
+
+    /// The same reject with only the first [`RAW_SAMPLE_BYTES`] of its bytes.
+    pub fn sample(&self) -> Reject {
+        let mut sample = self.clone();
+        sample.raw.truncate(RAW_SAMPLE_BYTES);
+        sample
+    }
 }
 
 /// Validation limits.
@@ -202,29 +247,33 @@ impl Invalid {
     }
 }
 
+/// The `duplicate` reject of a delivery of an id already kept: its bytes are the
+/// delivery's canonical JSON.
+pub fn duplicate_reject(ingest_time: Time, position: u64, event: &Event) -> Reject {
+    let detail = format!("event_id {:?} was already delivered", event.event_id);
+    Reject::new(RejectReason::Duplicate, detail, ingest_time, Format::Json, position, event.to_json().into_bytes())
+}
+
 /// Decodes and validates one record ingested at `ingest_time`.
 pub fn decode(record: &RawRecord, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Reject> {
-    let checked = if record.bytes.len() > config.max_record_bytes {
-        Err(Invalid(
-            RejectReason::Oversized,
-            format!("record has {} bytes, the limit is {}", record.bytes.len(), config.max_record_bytes),
-        ))
+    check(record.format, &record.bytes, record.position, ingest_time, config)
+        .map_err(|(reason, detail)| Reject::new(reason, detail, ingest_time, record.format, record.position, record.bytes.clone()))
+}
+
+/// What [`decode`] decides about the bytes of a record, without making a [`Reject`]: the
+/// event, or the reason and detail it would be rejected with.
+pub fn check(format: Format, bytes: &[u8], position: u64, ingest_time: Time, config: &DecodeConfig) -> Result<Event, (RejectReason, String)> {
+    let checked = if bytes.len() > config.max_record_bytes {
+        Err(Invalid(RejectReason::Oversized, format!("record has {} bytes, the limit is {}", bytes.len(), config.max_record_bytes)))
     } else {
-        let parsed = match record.format {
-            Format::Json => decode_json(&record.bytes),
-            Format::Rees46 => decode_rees46(&record.bytes, record.position),
-            Format::Cdnow => decode_cdnow(&record.bytes, record.position),
+        let parsed = match format {
+            Format::Json => decode_json(bytes),
+            Format::Rees46 => decode_rees46(bytes, position),
+            Format::Cdnow => decode_cdnow(bytes, position),
         };
         parsed.and_then(|event| validate(event, ingest_time, config))
     };
-    checked.map_err(|Invalid(reason, detail)| Reject {
-        reason,
-        detail,
-        ingest_time,
-        format: record.format,
-        position: record.position,
-        raw: record.bytes.clone(),
-    })
+    checked.map_err(|Invalid(reason, detail)| (reason, detail))
 }
 
 /// The event time of a record, if it can be read: replay clocks use it to assign

@@ -19,6 +19,7 @@ pub mod decode;
 pub mod event;
 pub mod fraud;
 pub mod generator;
+pub mod operators;
 pub mod reference;
 pub mod rows;
 pub mod time;

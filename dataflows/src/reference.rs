@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::clv::{ClvConfig, ClvModel, ClvRow, CustomerSummary, ModelInput, RfmRow};
-use crate::decode::{decode, Format, RawRecord, Reject, RejectReason};
+use crate::decode::{decode, duplicate_reject, RawRecord, Reject, RejectReason};
 use crate::fraud::FraudFeatures;
 use crate::event::{Event, EventType, Text};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
@@ -66,17 +66,42 @@ impl Reference {
                     valid.push(event);
                 }
             } else {
-                rejects.push(Reject {
-                    reason: RejectReason::Duplicate,
-                    detail: format!("event_id {:?} was already delivered", event.event_id),
-                    ingest_time: *ingest,
-                    format: Format::Json,
-                    position: *position,
-                    raw: event.to_json().into_bytes(),
-                });
+                rejects.push(duplicate_reject(*ingest, *position, event));
             }
         }
         (valid, rejects)
+    }
+
+    /// Every reject that arose at times `<= t`, with all its bytes, once: what a
+    /// dead-letter file or topic holds. A decoding reject arises with its record, a
+    /// duplicate with the delivery that repeats a live one.
+    pub fn rejects_arisen(&self, t: Time) -> Vec<Reject> {
+        let config = &self.config;
+        let mut arisen: Vec<Reject> = self.rejects.iter().filter(|r| r.ingest_time <= t).cloned().collect();
+        let mut by_id: BTreeMap<&str, Vec<&(Time, u64, Event)>> = BTreeMap::new();
+        for arrival in self.arrivals.iter().filter(|(ingest, _, _)| *ingest <= t) {
+            let (ingest, position, event) = arrival;
+            let earlier = by_id.entry(&event.event_id).or_default();
+            // A duplicate at its arrival: an earlier delivery of its id is live then.
+            if earlier.iter().any(|(_, _, e)| *ingest < config.expiry(e.event_ts)) {
+                arisen.push(duplicate_reject(*ingest, *position, event));
+            }
+            earlier.push(arrival);
+        }
+        arisen
+    }
+
+    /// The samples of the rejects that the `rejects` view keeps by time `t`: of the
+    /// rejects that arose in each reason and hour of ingestion by then
+    /// ([`Reference::rejects_arisen`]), the first [`ViewConfig::rejects_per_hour`] by
+    /// (ingestion time, sample).
+    fn kept_rejects(&self, t: Time) -> BTreeSet<Reject> {
+        let mut buckets: BTreeMap<(RejectReason, Time), BTreeSet<(Time, Reject)>> = BTreeMap::new();
+        for r in self.rejects_arisen(t) {
+            let r = r.sample();
+            buckets.entry((r.reason, r.ingest_time / crate::views::HOUR_MS)).or_default().insert((r.ingest_time, r));
+        }
+        buckets.into_values().flat_map(|b| b.into_iter().take(self.config.rejects_per_hour).map(|(_, r)| r)).collect()
     }
 
     /// The contents of every view at time `t`.
@@ -108,9 +133,13 @@ impl Reference {
         }
 
         let mut reason_counts: BTreeMap<RejectReason, i64> = BTreeMap::new();
+        let kept = self.kept_rejects(t);
         for r in rejects {
             *reason_counts.entry(r.reason).or_insert(0) += 1;
-            add(ViewRow::Rejects(r));
+            let sample = r.sample();
+            if kept.contains(&sample) {
+                add(ViewRow::Rejects(sample));
+            }
         }
         for (reason, count) in reason_counts {
             add(ViewRow::RejectedByReason { reason, count });

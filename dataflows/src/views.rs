@@ -59,7 +59,8 @@ use timely::dataflow::Stream;
 use crate::clv::dataflow::ClvViews;
 use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
 use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
-use crate::decode::{decode, DecodeConfig, Format, RawRecord, Reject, RejectReason};
+use crate::decode::{decode, duplicate_reject, DecodeConfig, RawRecord, Reject, RejectReason};
+use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
 use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
@@ -75,11 +76,26 @@ pub struct ViewConfig {
     pub clv: ClvConfig,
     /// The scoring model of `fraud_scores` and `fraud_alerts`.
     pub fraud: FraudModel,
+    /// How many rejects of each reason ingested in one hour the `rejects` view keeps (the
+    /// first to arrive); `rejected_by_reason` counts them all, and dead-letter files and
+    /// topics get them all.
+    #[serde(default = "default_rejects_per_hour")]
+    pub rejects_per_hour: usize,
 }
+
+/// The `rejects` view's default bound: rejects kept per reason and hour of ingestion.
+pub const REJECTS_PER_HOUR: usize = 50;
+
+fn default_rejects_per_hour() -> usize {
+    REJECTS_PER_HOUR
+}
+
+/// One hour, in ms: the buckets of the `rejects` view's bound.
+pub const HOUR_MS: Time = 3_600_000;
 
 impl Default for ViewConfig {
     fn default() -> Self {
-        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10, clv: ClvConfig::default(), fraud: FraudModel::default() }
+        ViewConfig { decode: DecodeConfig::default(), tick_ms: 10, clv: ClvConfig::default(), fraud: FraudModel::default(), rejects_per_hour: REJECTS_PER_HOUR }
     }
 }
 
@@ -281,9 +297,14 @@ pub struct Views<'scope> {
     /// `rejected_by_reason`: key the [`RejectReason`], row the number of rejects of that
     /// reason ingested within the retention horizon (no row for a count of 0).
     pub rejected_by_reason: ViewArrangement<'scope, RejectReason, i64>,
-    /// `rejects`: key the [`RejectReason`], row the rejected record with its bytes and
-    /// detail, for as long as the retention horizon keeps it.
+    /// `rejects`: key the [`RejectReason`], row a [`Reject::sample`] of the rejected
+    /// record (its detail, size, digest and first bytes), for as long as the retention
+    /// horizon keeps it; of each reason and hour of ingestion, only the first
+    /// [`ViewConfig::rejects_per_hour`] to arrive.
     pub rejects: ViewArrangement<'scope, RejectReason, Reject>,
+    /// Every reject once, with all its bytes, at the time it arose (never retracted):
+    /// what dead-letter files and topics write.
+    pub dead_letter: VecCollection<'scope, Time, Reject>,
     /// `customer_rfm`, `clv_model` and `customer_clv` (see [`crate::clv`]).
     pub clv: ClvViews<'scope>,
     /// `fraud_features`, `fraud_scores` and `fraud_alerts`, keyed by [`key_of`] the card
@@ -334,6 +355,7 @@ pub fn build<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &V
         kpis: v.kpis.expect(built),
         rejected_by_reason: v.rejected_by_reason.expect(built),
         rejects: v.rejects.expect(built),
+        dead_letter: v.dead_letter,
         clv: v.clv.expect(built),
         fraud: v.fraud.expect(built),
     }
@@ -413,6 +435,8 @@ pub struct PartViews<'scope> {
     pub events: VecCollection<'scope, Time, Arc<Event>>,
     /// Every reject, duplicates included, until it expires.
     pub all_rejects: VecCollection<'scope, Time, Reject>,
+    /// See [`Views::dead_letter`].
+    pub dead_letter: VecCollection<'scope, Time, Reject>,
     /// See [`Views::sessions`].
     pub sessions: Option<ViewArrangement<'scope, u64, SessionRow>>,
     /// See [`Views::funnel`].
@@ -479,14 +503,7 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
         Outcome::Duplicate(_) => None,
     });
     let duplicates = outcomes.flat_map(|(_, o)| match o {
-        Outcome::Duplicate(a) => Some(Reject {
-            reason: RejectReason::Duplicate,
-            detail: format!("event_id {:?} was already delivered", a.event.event_id),
-            ingest_time: a.ingest,
-            format: Format::Json,
-            position: a.position,
-            raw: a.event.to_json().into_bytes(),
-        }),
+        Outcome::Duplicate(a) => Some(duplicate_reject(a.ingest, a.position, &a.event)),
         Outcome::Keep(_) => None,
     });
 
@@ -522,7 +539,12 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
         let counts = all_rejects.clone().map(|r| r.reason).count_total().map(|(reason, count)| (reason, count as i64));
         arrange_routed(counts, "Arrange: rejected_by_reason")
     });
-    let rejects = with(Part::Rejects).then(|| arrange_routed(all_rejects.clone().map(|r| (r.reason, r)), "Arrange: rejects by reason"));
+    let dead_letter = all_rejects.clone().inner.flat_map(|(r, t, diff)| (diff > 0).then_some((r, t, diff))).as_collection();
+    let rejects = with(Part::Rejects).then(|| {
+        let bucket = |r: &Reject| ((r.reason, r.ingest_time / HOUR_MS), (r.ingest_time / HOUR_MS + 1) * HOUR_MS);
+        let kept = all_rejects.clone().map(|r| r.sample()).keep_first("Sample: rejects kept per reason and hour", config.rejects_per_hour, bucket);
+        arrange_routed(kept.map(|r| (r.reason, r)), "Arrange: rejects by reason")
+    });
 
     let clv = with(Part::Clv).then(|| crate::clv::dataflow::build(events.clone(), &config.clv));
     let fraud = with(Part::Fraud).then(|| crate::fraud::build(events.clone(), &config.fraud));
@@ -536,6 +558,7 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
         rejects,
         events,
         all_rejects,
+        dead_letter,
     }
 }
 

@@ -55,6 +55,8 @@ pub const SUMMARY_DIMENSIONS: [Dimension; 2] = [Dimension::All, Dimension::Count
 pub struct Message {
     /// The changes.
     pub updates: Vec<Update>,
+    /// Rejects with all their bytes, for the dead-letter file.
+    pub dead_letter: Vec<tidemark_dataflows::decode::Reject>,
 }
 
 /// State shared by the workers of this process and the aggregator.
@@ -151,6 +153,7 @@ fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::
             Ok(message) => {
                 summary.apply(&message);
                 outputs.apply(&message.updates)?;
+                outputs.dead_letters(&message.dead_letter)?;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -163,6 +166,7 @@ fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::
             while let Ok(message) = rx.try_recv() {
                 summary.apply(&message);
                 outputs.apply(&message.updates)?;
+                outputs.dead_letters(&message.dead_letter)?;
             }
             break;
         }
@@ -209,7 +213,7 @@ fn run_worker(
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
         let views = build(records, config);
-        let observed = if full { views.rows() } else { views.summary_rows(&SUMMARY_DIMENSIONS, dead_letter) };
+        let observed = if full { views.rows() } else { views.summary_rows(&SUMMARY_DIMENSIONS, false) };
         let sessions = shared.sessions.clone();
         let (probe, _) = views
             .session_count()
@@ -218,13 +222,24 @@ fn run_worker(
             })
             .probe();
         observed
-            .inspect_batch(move |_time, batch| {
-                if !batch.is_empty() {
-                    // A closed channel means the aggregator is gone; nothing is left to show.
-                    let _ = tx.send(Message { updates: batch.to_vec() });
+            .inspect_batch({
+                let tx = tx.clone();
+                move |_time, batch| {
+                    if !batch.is_empty() {
+                        // A closed channel means the aggregator is gone; nothing is left to show.
+                        let _ = tx.send(Message { updates: batch.to_vec(), dead_letter: Vec::new() });
+                    }
                 }
             })
             .probe_with(&probe);
+        if dead_letter {
+            views
+                .dead_letter
+                .inspect_batch(move |_time, batch| {
+                    let _ = tx.send(Message { updates: Vec::new(), dead_letter: batch.iter().map(|(r, _, _)| r.clone()).collect() });
+                })
+                .probe_with(&probe);
+        }
         (input, probe)
     });
 
@@ -258,10 +273,11 @@ fn run_worker(
         }
         in_flight.push(time, inserted);
         let horizon = input.time().saturating_sub(MAX_LAG_MS);
-        if probe.less_than(&horizon) || in_flight.count(probe_frontier(&probe)) > MAX_IN_FLIGHT {
+        let open = *input.time();
+        if probe.less_than(&horizon) || in_flight.waiting(probe_frontier(&probe), open) > MAX_IN_FLIGHT {
             // Too far ahead: expose what was inserted and let the views catch up.
             input.flush();
-            while probe.less_than(&horizon) || in_flight.count(probe_frontier(&probe)) > MAX_IN_FLIGHT {
+            while probe.less_than(&horizon) || in_flight.waiting(probe_frontier(&probe), open) > MAX_IN_FLIGHT {
                 worker.step();
             }
             since_step = 0;

@@ -46,7 +46,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tidemark_dataflows::decode::{Format, RawRecord, Reject};
 use tidemark_dataflows::time::{tick_ceil, Time};
 
-use crate::source::{now_ms, Source};
+use crate::source::{next_clock, now_ms, Source};
 
 /// The bit that marks a record's position as a Kafka (partition, offset).
 pub const KAFKA_POSITION: u64 = 1 << 63;
@@ -214,8 +214,11 @@ struct PartitionState {
     partition: i32,
     /// Largest time given to a record, raised by idleness.
     clock: Time,
-    /// Largest time of a record's own timestamp (what a replay reproduces).
+    /// Largest time of a record's own timestamp, moved a tick on after every
+    /// [`MAX_RECORDS_PER_TICK`](crate::source::MAX_RECORDS_PER_TICK) records at one time (what a replay reproduces).
     data_clock: Time,
+    /// Records given the current data clock.
+    at_data_clock: u64,
     /// Wall clock (ms) of the last record received.
     last_received: u64,
     /// Records read but not yet handed out, with their times.
@@ -234,9 +237,9 @@ impl PartitionState {
     /// The time of a record with Kafka timestamp `timestamp` received now, and whether
     /// idleness raised it above its own time.
     fn assign(&mut self, timestamp: Option<i64>, tick_ms: u64, now: u64) -> (Time, bool) {
-        let own = timestamp.map_or(self.data_clock, |ts| tick_ceil(ts.max(0) as u64, tick_ms));
-        self.data_clock = self.data_clock.max(own);
-        let time = self.clock.max(own);
+        let own = timestamp.map_or(0, |ts| tick_ceil(ts.max(0) as u64, tick_ms));
+        (self.data_clock, self.at_data_clock) = next_clock(self.data_clock, self.at_data_clock, own, tick_ms);
+        let time = self.clock.max(self.data_clock);
         let raised = time > self.data_clock;
         self.clock = time;
         self.last_received = now;
@@ -249,6 +252,7 @@ impl PartitionState {
             partition,
             clock: 0,
             data_clock: 0,
+            at_data_clock: 0,
             last_received: now,
             buffer: VecDeque::new(),
             next_offset: 0,
@@ -260,8 +264,8 @@ impl PartitionState {
 
     /// The recorded time of a record raised in an earlier run.
     fn bind(&mut self, timestamp: Option<i64>, recorded: Time, tick_ms: u64, now: u64) -> Time {
-        let own = timestamp.map_or(self.data_clock, |ts| tick_ceil(ts.max(0) as u64, tick_ms));
-        self.data_clock = self.data_clock.max(own);
+        let own = timestamp.map_or(0, |ts| tick_ceil(ts.max(0) as u64, tick_ms));
+        (self.data_clock, self.at_data_clock) = next_clock(self.data_clock, self.at_data_clock, own, tick_ms);
         self.clock = self.clock.max(recorded);
         self.last_received = now;
         recorded

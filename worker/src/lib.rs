@@ -10,6 +10,7 @@ pub mod config;
 pub mod driver;
 pub mod generate;
 pub mod kafka;
+pub mod log;
 pub mod output;
 pub mod produce;
 pub mod serve;

@@ -68,11 +68,16 @@ impl Outputs {
                 serde_json::to_writer(&mut *out, &json!({"time": time, "diff": diff, "row": row}))?;
                 out.write_all(b"\n")?;
             }
-            if let (Some(out), ViewRow::Rejects(reject)) = (&mut self.dead_letter, row) {
-                if *diff > 0 {
-                    serde_json::to_writer(&mut *out, &reject_json(reject))?;
-                    out.write_all(b"\n")?;
-                }
+        }
+        Ok(())
+    }
+
+    /// Writes rejects, with all their bytes, to the dead-letter file.
+    pub fn dead_letters(&mut self, rejects: &[Reject]) -> anyhow::Result<()> {
+        if let Some(out) = &mut self.dead_letter {
+            for reject in rejects {
+                serde_json::to_writer(&mut *out, &reject_json(reject))?;
+                out.write_all(b"\n")?;
             }
         }
         Ok(())
@@ -117,6 +122,8 @@ pub fn reject_json(r: &Reject) -> Value {
         "position": r.position,
         "raw": String::from_utf8_lossy(&r.raw),
         "raw_is_utf8": std::str::from_utf8(&r.raw).is_ok(),
+        "size": r.size,
+        "sha256": r.sha256,
     })
 }
 

@@ -40,6 +40,12 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The most records of a replay that share one ingestion time: the next one moves the
+/// replay clock one tick on. A file whose records all carry one timestamp (a daily
+/// export) then plays as a burst over consecutive ticks, and no more than this many
+/// records wait for one time to complete.
+pub const MAX_RECORDS_PER_TICK: u64 = 65_536;
+
 /// Replays a file of JSON lines, REES46 rows or CDNOW rows.
 pub struct FileSource {
     reader: BufReader<File>,
@@ -49,6 +55,8 @@ pub struct FileSource {
     peers: usize,
     line_no: u64,
     clock: Time,
+    /// Records (of every worker) given the current clock so far.
+    at_clock: u64,
     /// A record read but not yet returned because its time is later than the batch's.
     pending: Option<(RawRecord, Time)>,
     line: Vec<u8>,
@@ -64,7 +72,7 @@ impl FileSource {
         let first = reader.fill_buf()?;
         let first_line = String::from_utf8_lossy(&first[..first.iter().position(|&b| b == b'\n').unwrap_or(first.len())]).into_owned();
         let format = detect_format(flag, &first_line);
-        Ok(FileSource { reader, format, tick_ms, index, peers, line_no: 0, clock: 0, pending: None, line: Vec::new(), finished: false, bytes_read })
+        Ok(FileSource { reader, format, tick_ms, index, peers, line_no: 0, clock: 0, at_clock: 0, pending: None, line: Vec::new(), finished: false, bytes_read })
     }
 
     /// The format the file is read as.
@@ -95,9 +103,8 @@ impl FileSource {
             }
             let record = RawRecord { format: self.format, position: self.line_no, bytes: self.line.clone() };
             // Every worker advances the clock over every line, so all agree on it.
-            if let Some(ts) = peek_event_ts(&record) {
-                self.clock = self.clock.max(tick_ceil(ts.max(0) as u64, self.tick_ms));
-            }
+            let read = peek_event_ts(&record).map_or(0, |ts| tick_ceil(ts.max(0) as u64, self.tick_ms));
+            (self.clock, self.at_clock) = next_clock(self.clock, self.at_clock, read, self.tick_ms);
             if (self.line_no as usize) % self.peers == self.index {
                 return Ok(Some((record, self.clock)));
             }
@@ -140,6 +147,20 @@ impl Source for FileSource {
     fn final_time(&self) -> Option<Time> {
         // Known once the whole file is read; every worker reads every line.
         (self.finished && self.pending.is_none()).then_some(self.clock)
+    }
+}
+
+/// The replay clock after one more record whose own time is `read` (0 if unreadable):
+/// the running maximum of the records' times, moved one tick on whenever
+/// [`MAX_RECORDS_PER_TICK`] records have had the current one. Returns the clock and how
+/// many records have had it.
+pub fn next_clock(clock: Time, at_clock: u64, read: Time, tick_ms: u64) -> (Time, u64) {
+    if read > clock {
+        (read, 1)
+    } else if at_clock >= MAX_RECORDS_PER_TICK {
+        (clock + tick_ms.max(1), 1)
+    } else {
+        (clock, at_clock + 1)
     }
 }
 
@@ -238,6 +259,15 @@ impl InFlight {
             _ => self.batches.push_back((time, count)),
         }
         self.total += count;
+    }
+
+    /// Forgets the batches the frontier has passed, and counts the records at times
+    /// before `open` (the input's current time) that the frontier has not passed: those a
+    /// reader may wait for. Records at the open time cannot complete before the input
+    /// moves on, so waiting for them would never end.
+    pub fn waiting(&mut self, frontier: Time, open: Time) -> usize {
+        self.count(frontier);
+        self.batches.iter().filter(|(t, _)| *t < open).map(|(_, n)| n).sum()
     }
 
     /// Forgets the batches the frontier has passed and counts the rest.

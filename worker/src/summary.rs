@@ -220,7 +220,7 @@ mod tests {
         let mut summary = Summary::new(&args, &shared);
         let row = |count| ViewRow::RejectedByReason { reason: RejectReason::Malformed, count };
         // At t=1 the count is 7; at t=2 it drops to 5. Sorted by row: 5 before 7.
-        summary.apply(&Message { updates: vec![(row(5), 2, 1), (row(7), 1, 1), (row(7), 2, -1)] });
+        summary.apply(&Message { updates: vec![(row(5), 2, 1), (row(7), 1, 1), (row(7), 2, -1)], dead_letter: Vec::new() });
         assert_eq!(summary.rejected().collect::<Vec<_>>(), [(RejectReason::Malformed, 5)]);
     }
 }

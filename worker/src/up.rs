@@ -63,10 +63,13 @@ pub struct UpArgs {
     /// No status line every few seconds.
     #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
     pub quiet: bool,
+    /// Where the ingest log is kept.
+    #[command(flatten)]
+    pub log: crate::log::LogFlags,
 }
 
 impl UpArgs {
-    fn worker(&self, internal: SocketAddr) -> WorkerArgs {
+    fn worker(&self, internal: SocketAddr, secret: &str) -> WorkerArgs {
         WorkerArgs {
             workers: self.workers,
             processes: 1,
@@ -80,9 +83,10 @@ impl UpArgs {
             generate: !self.no_generate && !self.kafka.enabled(),
             generator: self.generator.clone(),
             metrics_listen: None,
-            secret: InternalSecret { internal_secret_file: None, internal_secret: None },
+            secret: InternalSecret { internal_secret_file: None, internal_secret: Some(secret.to_owned()) },
             kafka: self.kafka.clone(),
             postgres: self.postgres.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -92,9 +96,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let options = args.serve.options()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
+        // The worker's internal port is on loopback, and takes only this process's
+        // coordinator: it presents a secret made anew at every start.
         let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let internal_address = internal.local_addr()?;
-        let worker_args = args.worker(internal_address);
+        let secret = random_secret()?;
+        let worker_args = args.worker(internal_address, &secret);
         if let Err(problems) = worker_args.validate() {
             anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
         }
@@ -107,7 +114,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let worker = tokio::spawn(serve::serve(worker_args.clone(), internal, async move {
             let _ = worker_stopped.wait_for(|s| *s).await;
         }));
-        let cluster = Cluster::connect(vec![internal_address.to_string()], Duration::from_secs(30), None).await?;
+        let cluster = Cluster::connect(vec![internal_address.to_string()], Duration::from_secs(30), Some(secret)).await?;
         eprintln!("{}", worker_args.describe());
         banner(public_address, metrics_address, options.tls.is_some(), &ServeArgs::describe_security(&options));
 
@@ -119,7 +126,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             match duration {
                 Some(s) => tokio::select! {
                     _ = shutdown_signal() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(s)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(s)) => tidemark_coordinator::command::exit_after_grace(),
                 },
                 None => shutdown_signal().await,
             }
@@ -133,6 +140,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     runtime.shutdown_background();
     Ok(())
+}
+
+/// 32 random bytes from the operating system, in hex.
+fn random_secret() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom for the internal secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn banner(public: SocketAddr, metrics: SocketAddr, tls: bool, security: &str) {

@@ -407,6 +407,7 @@ async fn the_dev_statefulset_plays_on_loopback() {
         map.push(format!("{set_name}-{i}.{service_name}:{}=127.0.0.1:{}", ports["internal"], internal[i]));
     }
     let map = map.join(",");
+    let data = common::Scratch::new("k8s-dev");
     let worker_env = |i: usize| {
         let (mut env, secrets) = m.pod_env(sts, &format!("{set_name}-{i}"));
         assert!(secrets.is_empty(), "the dev overlay needs no Secret");
@@ -415,6 +416,8 @@ async fn the_dev_statefulset_plays_on_loopback() {
         env.insert("TIDEMARK_LISTEN".into(), format!("127.0.0.1:{}", internal[i]));
         env.insert("TIDEMARK_METRICS_LISTEN".into(), format!("127.0.0.1:{}", metrics[i]));
         env.insert("TIDEMARK_ADDRESS_MAP".into(), map.clone());
+        // Each pod has a volume of its own at its data directory.
+        env.insert("TIDEMARK_DATA_DIR".into(), data.path(&format!("pod-{i}")).display().to_string());
         env
     };
     let worker_args = seq(&sts["spec"]["template"]["spec"]["containers"][0]["args"]);

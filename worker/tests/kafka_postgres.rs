@@ -20,7 +20,7 @@ use common::{free_ports, Scratch};
 use tidemark_dataflows::decode::{Format, RawRecord};
 use tidemark_dataflows::reference::Reference;
 use tidemark_dataflows::time::Time;
-use tidemark_dataflows::views::{ViewConfig, ViewRow};
+use tidemark_dataflows::views::ViewConfig;
 use tidemark_worker::kafka::{kafka_origin, kafka_position, read_topic, replay_times, KafkaConnect};
 use tidemark_worker::serve::schema;
 use tidemark_worker::sink::postgres::{read_frontier, read_table};
@@ -61,6 +61,8 @@ impl Cluster {
                     .args(["--listen", &format!("127.0.0.1:{}", grpc[i]), "--tick-ms", &TICK_MS.to_string()])
                     .args(["--kafka-brokers", &broker.address(), "--kafka-topic", TOPIC, "--kafka-idle-ms", "500"])
                     .args(["--postgres-url", postgres_url])
+                    .arg("--data-dir")
+                    .arg(scratch.path("data"))
                     .env("TIDEMARK_LOG", "info")
                     .stdout(Stdio::null())
                     .stderr(Stdio::from(file))
@@ -246,14 +248,11 @@ fn scenario(fault: Fault) {
     // The dead-letter topic: every reject once, with its reason.
     let reference = Reference::new(&records, &ViewConfig { tick_ms: TICK_MS, ..ViewConfig::default() });
     let rejects: BTreeSet<(String, String)> = reference
-        .views_at(frontier - 1)
-        .into_keys()
-        .filter_map(|row| match row {
-            ViewRow::Rejects(r) => {
-                let (p, o) = kafka_origin(r.position).expect("rejects come from Kafka");
-                Some((format!("{p}:{o}"), r.reason.name().to_owned()))
-            }
-            _ => None,
+        .rejects_arisen(frontier - 1)
+        .into_iter()
+        .map(|r| {
+            let (p, o) = kafka_origin(r.position).expect("rejects come from Kafka");
+            (format!("{p}:{o}"), r.reason.name().to_owned())
         })
         .collect();
     assert!(rejects.iter().any(|(_, reason)| reason == "malformed"), "malformed records were mixed in");

@@ -43,8 +43,11 @@ fn scrape(port: u16) -> String {
 fn secrets_tokens_tls_and_metrics() {
     let ports = free_ports(4);
     let (grpc, timely, worker_metrics, coordinator_metrics) = (ports[0], ports[1], ports[2], ports[3]);
+    let data = common::Scratch::new("security");
     let _worker = Children(vec![Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(["worker", "-w", "2", "--listen", &format!("127.0.0.1:{grpc}"), "--peers", &format!("127.0.0.1:{timely}")])
+        .arg("--data-dir")
+        .arg(&data.0)
         .args(["--metrics-listen", &format!("127.0.0.1:{worker_metrics}")])
         .env("TIDEMARK_INTERNAL_SECRET", "internal-s3cret")
         .stdout(Stdio::null())

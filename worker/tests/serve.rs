@@ -8,66 +8,28 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use prost::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tidemark_coordinator::cluster::Cluster;
 use tidemark_coordinator::config::ServeOptions;
-use tidemark_dataflows::clv::dataflow::Single;
 use tidemark_dataflows::decode::{Format, RawRecord};
-use tidemark_dataflows::reference::views_at;
-use tidemark_dataflows::time::{format_timestamp, Time};
-use tidemark_dataflows::views::{ViewConfig, ViewRow};
-use tidemark_proto::v1::tidemark_client::TidemarkClient;
-use tidemark_proto::v1::{filter::Op, Filter, IngestRequest, QueryRequest, Row, StatusRequest, SubscribeBatch, SubscribeRequest};
+use tidemark_dataflows::time::Time;
+use tidemark_proto::v1::{filter::Op, Filter, IngestRequest, QueryRequest, Row, StatusRequest, SubscribeRequest};
 use tidemark_proto::value;
-use tidemark_worker::serve::schema;
 use tidemark_worker::source::now_ms;
-use tonic::transport::Channel;
 
-use common::{free_ports, Children};
+use common::serving::{self, encoded, ending_status, query_rows, read_batches, reference, reference_rows, replay, InProcess, Pool};
+use common::Scratch;
 
-/// Starts `grpc.len()` worker processes of 2 threads; `env` is added to each.
-fn start_workers(grpc: &[u16], timely: &[u16], env: &[(&str, &str)]) -> Children {
-    let peers: Vec<String> = timely.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    Children(
-        (0..grpc.len())
-            .map(|i| {
-                Command::new(env!("CARGO_BIN_EXE_tidemark"))
-                    .args(["worker", "-w", "2", "--processes", &grpc.len().to_string(), "--process", &i.to_string()])
-                    .args(["--peers", &peers.join(","), "--listen", &format!("127.0.0.1:{}", grpc[i]), "--history-ms", "600000"])
-                    .envs(env.iter().copied())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("the tidemark binary starts")
-            })
-            .collect(),
-    )
+async fn start_coordinator(pool: &Pool, options: ServeOptions, secret: Option<String>) -> InProcess {
+    InProcess::start(pool.addresses(), options, secret).await
 }
 
-/// A coordinator serving on a free port until `stop` is sent.
-struct Coordinator {
-    address: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_coordinator(worker_ports: &[u16], options: ServeOptions, secret: Option<String>) -> Coordinator {
-    let addresses = worker_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let cluster = Cluster::connect(addresses, Duration::from_secs(60), secret).await.expect("the workers answer");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-    let address = listener.local_addr().expect("bound");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tidemark_coordinator::run(listener, None, cluster, options, async move { drop(stopped.await) }));
-    Coordinator { address, stop, server }
-}
-
-/// One event as JSON.
+/// One event of user `u<user>` as JSON.
 fn event(id: &str, ty: &str, ts: i64, user: u32, extra: &str) -> Vec<u8> {
-    format!(r#"{{"event_id":"{id}","event_type":"{ty}","event_ts":"{}","user_id":"u{user}"{extra}}}"#, format_timestamp(ts)).into_bytes()
+    serving::event(id, ty, ts, &format!("u{user}"), extra)
 }
 
 /// Events of a few users over the last hour: every type, with duplicates, malformed
@@ -113,92 +75,14 @@ fn events(seed: u64, n: usize, now: u64) -> Vec<Vec<u8>> {
     out
 }
 
-fn encoded(rows: impl IntoIterator<Item = (Row, i64)>) -> BTreeMap<Vec<u8>, i64> {
-    let mut out = BTreeMap::new();
-    for (row, count) in rows {
-        *out.entry(row.encode_to_vec()).or_insert(0) += count;
-    }
-    out.retain(|_, c| *c != 0);
-    out
-}
-
-/// The reference contents of a served view, as API rows.
-fn reference_rows(records: &[(RawRecord, Time)], at: Time, view: &str) -> BTreeMap<Vec<u8>, i64> {
-    let rows = views_at(records, at, &ViewConfig::default()).into_iter().filter_map(|(row, count)| {
-        let api = match &row {
-            ViewRow::Sessions(s) if view == "sessions" => schema::session_row(s),
-            ViewRow::Funnel { key, agg } if view == "funnel" => schema::funnel_row(key, agg),
-            ViewRow::Kpis { key, agg } if view == "kpis" => schema::kpi_row(key, agg),
-            ViewRow::RejectedByReason { reason, count } if view == "rejected_by_reason" => schema::rejected_row(reason, count),
-            ViewRow::CustomerRfm(r) if view == "customer_rfm" => schema::rfm_row(&0, r),
-            ViewRow::ClvModel(m) if view == "clv_model" => schema::clv_model_row(&Single, m),
-            ViewRow::CustomerClv(c) if view == "customer_clv" => schema::clv_row(&0, c),
-            ViewRow::FraudFeatures(f) if view == "fraud_features" => schema::fraud_row(&0, f),
-            ViewRow::FraudScores(s) if view == "fraud_scores" => schema::score_row(&0, s),
-            ViewRow::FraudAlerts(s) if view == "fraud_alerts" => schema::score_row(&0, s),
-            _ => return None,
-        };
-        Some((api, count))
-    });
-    encoded(rows)
-}
-
-async fn query_rows(client: &mut TidemarkClient<Channel>, view: &str, as_of: Time) -> BTreeMap<Vec<u8>, i64> {
-    let answer = client.query(QueryRequest { view: view.into(), as_of: Some(as_of), ..Default::default() }).await.expect("Query").into_inner();
-    assert_eq!(answer.as_of, as_of);
-    encoded(answer.rows.into_iter().map(|r| (r.row.expect("rows are set"), r.count)))
-}
-
-/// Reads a subscription until a batch passes `through`; returns its batches.
-async fn read_batches(stream: &mut tonic::Streaming<tidemark_proto::v1::SubscribeResponse>, mut lower: Time, through: Time) -> Vec<SubscribeBatch> {
-    let mut batches = Vec::new();
-    loop {
-        let message = stream.message().await.expect("a subscription message").expect("the subscription stays open");
-        let Some(batch) = message.batch else { continue };
-        assert_eq!(batch.lower, lower, "batches are contiguous");
-        assert!(batch.upper > batch.lower, "batches are not empty intervals");
-        lower = batch.upper;
-        let done = batch.upper > through;
-        batches.push(batch);
-        if done {
-            return batches;
-        }
-    }
-}
-
-/// Reads a subscription to its end, which must be an error status.
-async fn ending_status(stream: &mut tonic::Streaming<tidemark_proto::v1::SubscribeResponse>) -> tonic::Status {
-    loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => return status,
-        }
-    }
-}
-
-/// The state a subscription's batches give at time `at` (every update at times <= at).
-fn replay(batches: &[SubscribeBatch], at: Time) -> BTreeMap<Vec<u8>, i64> {
-    let mut seen = BTreeMap::new();
-    for batch in batches {
-        for u in &batch.updates {
-            assert!(u.time >= batch.lower && u.time < batch.upper, "update inside its batch");
-            assert_ne!(u.diff, 0, "consolidated: no zero diffs");
-            let row = u.row.clone().expect("rows are set").encode_to_vec();
-            assert!(seen.insert((row, u.time), u.diff).is_none(), "consolidated: each (row, time) once");
-        }
-    }
-    encoded(seen.into_iter().filter(|((_, t), _)| *t <= at).map(|((row, _), d)| (Row::decode(row.as_slice()).expect("encoded above"), d)))
-}
-
 #[test]
 fn two_processes_serve_consistent_queries_and_subscriptions() {
-    let ports = free_ports(4);
-    let _workers = start_workers(&ports[..2], &ports[2..], &[]);
+    let data = Scratch::new("serve");
+    let pool = Pool::start(2, 2, &data.0, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
-        let coordinator = start_coordinator(&ports[..2], ServeOptions::default(), None).await;
-        let mut client = TidemarkClient::connect(format!("http://{}", coordinator.address)).await.expect("the coordinator answers");
+        let coordinator = start_coordinator(&pool, ServeOptions::default(), None).await;
+        let mut client = coordinator.client().await;
 
         let views = client.list_views(tidemark_proto::v1::ListViewsRequest {}).await.expect("ListViews").into_inner().views;
         let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
@@ -231,17 +115,18 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
         }
         assert!(reasons.contains("malformed") && reasons.contains("too_late"), "validation rejects come back with reasons: {reasons:?}");
         let last = *ack_times.last().expect("acks");
+        let reference = reference(&records);
 
         // Every view, read at every acknowledged time, equals the reference.
         for &t in &ack_times {
             for view in ["sessions", "funnel", "kpis", "rejected_by_reason", "customer_rfm", "clv_model", "customer_clv", "fraud_features", "fraud_scores", "fraud_alerts"] {
-                let want = reference_rows(&records, t, view);
+                let want = reference_rows(&reference, t, view);
                 // Alerts are rare in this traffic (the oracle tests exercise them).
                 assert!(!want.is_empty() || view == "fraud_alerts", "{view} has rows at {t}");
                 assert_eq!(query_rows(&mut client, view, t).await, want, "{view} at {t}");
             }
         }
-        let rejected = reference_rows(&records, last, "rejected_by_reason");
+        let rejected = reference_rows(&reference, last, "rejected_by_reason");
         let reasons_in_view: Vec<String> = rejected.keys().map(|r| value::display(&Row::decode(r.as_slice()).expect("a row").values[0])).collect();
         assert!(reasons_in_view.contains(&"duplicate".to_owned()), "{reasons_in_view:?}");
 
@@ -251,7 +136,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
             .await
             .expect("Query by key")
             .into_inner();
-        let want: BTreeMap<Vec<u8>, i64> = reference_rows(&records, last, "sessions")
+        let want: BTreeMap<Vec<u8>, i64> = reference_rows(&reference, last, "sessions")
             .into_iter()
             .filter(|(bytes, _)| Row::decode(bytes.as_slice()).expect("encoded above").values[0] == value::string("u3"))
             .collect();
@@ -289,7 +174,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
             }
         }
         state.retain(|_, c| *c != 0);
-        assert_eq!(state, reference_rows(&records, last, "kpis"), "resumed subscription at {last}");
+        assert_eq!(state, reference_rows(&reference, last, "kpis"), "resumed subscription at {last}");
 
         // Status: every worker, frontiers, sizes that match the views, every record counted.
         let status = client.status(StatusRequest {}).await.expect("Status").into_inner();
@@ -297,7 +182,7 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
         assert!(status.workers.iter().all(|w| w.connected && w.threads == 2 && w.frontier > last));
         assert_eq!(status.ingested as usize, records.len());
         let kpi_rows = status.views.iter().find(|v| v.name == "kpis").expect("kpis in status");
-        assert_eq!(kpi_rows.rows, reference_rows(&records, last, "kpis").values().sum::<i64>());
+        assert_eq!(kpi_rows.rows, reference_rows(&reference, last, "kpis").values().sum::<i64>());
         assert!(kpi_rows.arranged_updates >= kpi_rows.rows);
         let status_rejects: i64 = status.rejects.iter().map(|r| r.count).sum();
         let view_rejects: i64 = rejected
@@ -320,13 +205,13 @@ fn two_processes_serve_consistent_queries_and_subscriptions() {
 
 #[test]
 fn bad_requests_get_clear_statuses_and_the_servers_keep_serving() {
-    let ports = free_ports(2);
-    let _workers = start_workers(&ports[..1], &ports[1..], &[]);
+    let data = Scratch::new("serve-bad");
+    let pool = Pool::start(1, 2, &data.0, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let options = ServeOptions { subscriber_buffer: 4, max_message_bytes: 256 << 10, ..ServeOptions::default() };
-        let coordinator = start_coordinator(&ports[..1], options, None).await;
-        let mut client = TidemarkClient::connect(format!("http://{}", coordinator.address)).await.expect("the coordinator answers");
+        let coordinator = start_coordinator(&pool, options, None).await;
+        let mut client = coordinator.client().await;
         let code = |r: Result<tonic::Response<tidemark_proto::v1::QueryResponse>, tonic::Status>| r.expect_err("refused").code();
 
         let query = |view: &str| QueryRequest { view: view.into(), ..Default::default() };

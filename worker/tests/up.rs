@@ -27,9 +27,12 @@ fn json_lines(output: &Output) -> Vec<serde_json::Value> {
 fn up_serves_the_generated_views_to_the_cli() {
     let ports = free_ports(2);
     let target = format!("http://127.0.0.1:{}", ports[0]);
+    let data = common::Scratch::new("up");
     // Killed if the test ends before stopping it (a failed assertion).
     let mut up = Children(vec![Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(["up", "-q", "--rate", "500", "--users", "400000", "--listen", &format!("127.0.0.1:{}", ports[0])])
+        .arg("--data-dir")
+        .arg(&data.0)
         .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[1])])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -167,8 +167,9 @@ pub enum ThreadReply {
     Ingest {
         /// Request id.
         id: u64,
-        /// Their ingestion time, or why they were not taken (nothing of them applied).
-        result: Result<Time, String>,
+        /// Their ingestion time and validation, or why they were not taken (nothing of
+        /// them applied).
+        result: Result<IngestOutcome, String>,
     },
     /// This thread's shard sizes, per view: rows (with multiplicity) at the latest
     /// complete time, and updates held in the arrangement.
@@ -187,6 +188,17 @@ pub enum ThreadReply {
         /// Times below are compacted.
         since: Time,
     },
+}
+
+/// What became of an `Ingest` request's events.
+#[derive(Debug)]
+pub struct IngestOutcome {
+    /// Their ingestion time.
+    pub time: Time,
+    /// Events that passed validation.
+    pub accepted: u32,
+    /// The others, with their reasons.
+    pub rejects: Vec<tidemark_proto::v1::IngestReject>,
 }
 
 /// What a read gathers.
@@ -449,10 +461,15 @@ where
             }
             if let Some((v, again)) = after.take() {
                 if start.as_ref() == Some(k) {
-                    // Resume at the val the previous turn stopped at.
-                    cursor.seek_val(&storage, &v);
-                    if !again && cursor.get_val(&storage) == Some(&v) {
-                        cursor.step_val(&storage);
+                    // Resume at the val the previous turn stopped at. (Not with `seek_val`:
+                    // on a list of cursors it also moves the cursors that sit on a later
+                    // key, which would then skip vals of that key.)
+                    while let Some(current) = cursor.get_val(&storage) {
+                        if current < &v || (!again && current == &v) {
+                            cursor.step_val(&storage);
+                        } else {
+                            break;
+                        }
                     }
                 }
             }
@@ -557,5 +574,93 @@ where
 
     fn count(&self) -> i64 {
         self.rows.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::Input;
+    use tidemark_dataflows::views::ViewArrangement;
+    use tidemark_proto::value;
+
+    fn row(k: &u64, v: &String) -> Row {
+        Row { values: vec![value::int64(*k as i64), value::string(v)] }
+    }
+
+    /// Reads the whole of a served shard with the given goal in as many turns and pages as
+    /// budgets and deadlines make: every row exactly once, whatever the cut.
+    #[test]
+    fn scans_resume_where_they_stopped() {
+        timely::execute_directly(|worker| {
+            let (mut input, mut served) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, pairs) = scope.new_collection::<(u64, String), isize>();
+                let arranged: ViewArrangement<'_, u64, String> = pairs.arrange_by_key();
+                (input, Served::new(arranged, row, Placement::Hashed(|_| None), 1))
+            });
+            // 300 keys with 1 to 7 values, some inserted at a later time, some retracted.
+            for k in 0..300u64 {
+                for j in 0..(k % 7 + 1) {
+                    input.insert((k * 7919 % 1000, format!("v{j:03}-{}", "x".repeat((k % 5) as usize * 40))));
+                }
+            }
+            // Several batches, whose cursors sit on different keys during a read.
+            for b in 1..5u64 {
+                input.advance_to(b);
+                for k in (b * 100..b * 100 + 50).step_by(7) {
+                    input.insert((k, format!("w{b}")));
+                }
+                input.flush();
+                worker.step();
+            }
+            input.advance_to(10);
+            for k in (0..300u64).step_by(3) {
+                input.remove((k * 7919 % 1000, format!("v000-{}", "x".repeat((k % 5) as usize * 40))));
+            }
+            input.advance_to(20);
+            input.flush();
+            while served.upper() < 20 {
+                worker.step();
+            }
+            let whole = |served: &mut Served<u64, String>, as_of: Time| {
+                let mut scan = Scan::new(as_of, RowFilter::default(), Vec::new(), Goal::Rows { budget: usize::MAX }, None);
+                served.scan(&mut scan, Instant::now() + std::time::Duration::from_secs(60));
+                assert!(scan.done);
+                let mut rows: Vec<Vec<u8>> = scan.rows.iter().map(|r| r.encode_to_vec()).collect();
+                rows.sort();
+                rows
+            };
+            for as_of in [5, 15] {
+                let all = whole(&mut served, as_of);
+                assert!(all.len() > 500, "{}", all.len());
+                for budget in [1, 100, 1000, 5000] {
+                    for deadline_now in [false, true] {
+                        let mut got = Vec::new();
+                        let mut position = None;
+                        let mut pages = 0;
+                        loop {
+                            pages += 1;
+                            assert!(pages < 100_000, "no progress");
+                            let mut scan = Scan::new(as_of, RowFilter::default(), Vec::new(), Goal::Rows { budget }, position.take());
+                            // A deadline in the past stops a turn after a few visits.
+                            loop {
+                                let deadline = if deadline_now { Instant::now() } else { Instant::now() + std::time::Duration::from_secs(60) };
+                                served.scan(&mut scan, deadline);
+                                if scan.full() {
+                                    break;
+                                }
+                            }
+                            got.extend(scan.rows.iter().map(|r| r.encode_to_vec()));
+                            if scan.done {
+                                break;
+                            }
+                            position = scan.position.clone();
+                        }
+                        got.sort();
+                        assert_eq!(got, all, "as of {as_of}, budget {budget}, deadline now {deadline_now}: {pages} pages");
+                    }
+                }
+            }
+        });
     }
 }

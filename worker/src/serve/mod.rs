@@ -37,6 +37,7 @@ use tonic::service::interceptor::InterceptedService;
 use self::server::{Shape, WorkerService};
 use crate::config::{check_view_flags, view_config, ClusterFlags, ClvFlags, FraudFlags, GeneratorFlags};
 use crate::kafka::{KafkaCounters, KafkaFlags};
+use crate::log::{IngestLog, LogFlags};
 use crate::sink::postgres::PostgresFlags;
 use tidemark_dataflows::views::ViewConfig;
 use crate::source::now_ms;
@@ -126,6 +127,9 @@ pub struct WorkerArgs {
     /// same flags).
     #[command(flatten)]
     pub postgres: PostgresFlags,
+    /// Where the ingest log is kept.
+    #[command(flatten)]
+    pub log: LogFlags,
 }
 
 impl WorkerArgs {
@@ -246,7 +250,6 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     let generator = args.generate.then(|| args.generator.config(args.views.retention_hours, now_ms() as i64));
 
     let config = args.views.view_config()?;
-    let decode = config.decode.clone();
     let kafka_counters = Arc::new(KafkaCounters::default());
     let kafka = args.kafka.enabled().then(|| args.kafka.clone());
     let sink_config = args.postgres.config()?;
@@ -262,6 +265,19 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         feed: sink.as_ref().map(|s| s.feed()),
         dead_letter_topic: dead_letter_topic.map(|topic| (args.kafka.connect.clone(), topic)),
     };
+    // The ingest log: opened (and checked) before timely starts, so that every thread
+    // replays what it held before taking anything new.
+    let log = match args.log.dir(process) {
+        Some(dir) => {
+            let keep_ms = config.decode.retention_ms + config.decode.max_future_ms + 2 * config.tick_ms;
+            let log = IngestLog::open(&dir, args.log.ingest_log_repair, keep_ms).with_context(|| format!("opening the ingest log in {}", dir.display()))?;
+            eprintln!("ingest log in {}{}", dir.display(), if log.replay.is_empty() { "" } else { " (replaying it)" });
+            Some(log)
+        }
+        None => None,
+    };
+    let appender = log.as_ref().map(IngestLog::appender);
+    let replay = log.as_ref().map(|l| Arc::new(l.replay.clone()));
     let io_metrics = IoMetrics::new(&kafka_counters);
     // Health on the internal port: the server itself (service "") is SERVING while the
     // process runs (liveness); `tidemark.internal.v1.Worker` turns SERVING once every
@@ -277,6 +293,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     });
     let cluster = {
         let (stop, ingested, threads, history_ms) = (stop.clone(), ingested.clone(), args.workers, args.views.history_ms);
+        let (appender, replay) = (appender.clone(), replay.clone());
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         std::thread::Builder::new().name("timely".into()).spawn(move || {
             timely::execute(timely_config, move |worker| {
@@ -297,6 +314,8 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
                     kafka_counters: kafka_counters.clone(),
                     // Only the cluster's first thread writes out what is exported.
                     export: if worker.index() == 0 { export.clone() } else { ExportPlan { feed: None, dead_letter_topic: None, ..export.clone() } },
+                    log: appender.clone(),
+                    replay: replay.clone(),
                 };
                 if let Err(e) = thread::run(worker, ctx) {
                     // The cluster cannot go on without this thread's share of the views.
@@ -315,7 +334,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     };
 
     let shape = Shape { process: args.process_index(), processes: args.processes, threads: args.workers };
-    let service = WorkerService::new(shape, schema::schemas(), command_txs, decode, ingested, reply_rx);
+    let service = WorkerService::new(shape, schema::schemas(), command_txs, ingested, reply_rx);
     let sink_status = sink.as_ref().map(|s| s.status_handle());
     let metrics_server = metrics_listener.map(|listener| {
         let service = service.clone();
@@ -330,6 +349,10 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         })
     });
     let served = tonic::transport::Server::builder()
+        // A coordinator that vanished without closing its connection is noticed within
+        // seconds, so that the next one can open its session.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health)
         .add_service(InterceptedService::new(
             WorkerServer::new(service.clone())
@@ -348,6 +371,10 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
         server.stop().await?;
     }
     let joined = tokio::task::spawn_blocking(move || cluster.join()).await?;
+    drop(appender);
+    if let Some(log) = log {
+        tokio::task::spawn_blocking(move || log.close()).await?;
+    }
     if let Some(sink) = sink {
         tokio::task::spawn_blocking(move || sink.stop()).await?;
     }

@@ -126,14 +126,16 @@ pub fn schemas() -> Vec<Schema> {
         },
         Schema {
             name: "rejects",
-            description: "rejected records with their bytes; identical copies repeat",
+            description: "rejected records: reason, detail, size, digest and first bytes; of each reason and hour, the first 50 to arrive (rejected_by_reason counts them all); identical copies repeat",
             columns: vec![
                 col("reason", Text, false, ""),
                 col("ingest_time", Int64, false, "ingestion time (ms)"),
                 col("position", Int64, false, "position in its source"),
                 col("detail", Text, false, ""),
                 col("format", Text, false, "json, rees46 or cdnow"),
-                col("raw", Bytes, false, "the record as received"),
+                col("raw", Bytes, false, "the first 1024 bytes of the record as received"),
+                col("size", Int64, false, "bytes in the record"),
+                col("sha256", Text, false, "SHA-256 of the record's bytes (hex)"),
             ],
             key_columns: 3,
             routing_columns: 1,
@@ -400,6 +402,8 @@ pub fn reject_row(_: &RejectReason, r: &Reject) -> Row {
             value::string(&r.detail),
             value::string(r.format.name()),
             value::bytes(&r.raw),
+            value::int64(r.size as i64),
+            value::string(&r.sha256),
         ],
     }
 }
@@ -602,7 +606,7 @@ mod tests {
         }
         check(funnel, 4, funnel_lower);
         check(kpis, 2, kpi_lower);
-        check(reasons, 1, reason_lower);
+        check(reasons, 3, reason_lower);
         assert_eq!(funnel_lower(&[value::string("hour")]).map(|k| (k.granularity, k.window_start)), Some((Granularity::Hour, i64::MIN)));
         assert_eq!(kpi_lower(&[value::string("fortnight")]), None, "no such granularity: no seek");
     }

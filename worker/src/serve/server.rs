@@ -11,16 +11,15 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tidemark_dataflows::decode::{decode, DecodeConfig, Format, RawRecord};
 use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::internal::v1::ErrorKind;
 use tidemark_proto::internal::v1::command::Command as Cmd;
 use tidemark_proto::internal::v1::response::Response as Resp;
 use tidemark_proto::internal::v1::ThreadCursor;
-use tidemark_proto::limits::{CHUNK_BYTES, MAX_RESPONSE_BYTES, MIN_THREAD_BUDGET_BYTES};
+use tidemark_proto::limits::{CHUNK_BYTES, MAX_INGEST_EVENTS, MAX_RESPONSE_BYTES, MIN_THREAD_BUDGET_BYTES};
 use tidemark_proto::merge::{chunks, cut_to_bytes, sort_by_key, BatchMerge, FrontierMerge};
 use tidemark_proto::routing::{key_hash, owner, routing_text};
-use tidemark_proto::v1::{CountedRow, IngestReject, ViewStatus};
+use tidemark_proto::v1::{CountedRow, ViewStatus};
 use tidemark_proto::PROTOCOL_VERSION;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -33,10 +32,22 @@ use tonic::{Request, Response, Status, Streaming};
 use super::compute::{Goal, Inbox, Scan, ThreadCommand, ThreadReply};
 use super::filter::RowFilter;
 use super::schema::Schema;
-use crate::source::now_ms;
 
 /// Responses buffered towards the coordinator.
 const OUTBOUND: usize = 1024;
+/// Request ids inside the process carry the session they belong to above these bits, so
+/// that a late answer to a session that has ended never reaches the next one.
+const SESSION_SHIFT: u32 = 40;
+
+/// The process-wide key of request `id` of session `session`.
+fn scoped(session: u64, id: u64) -> u64 {
+    (session << SESSION_SHIFT) | (id & ((1 << SESSION_SHIFT) - 1))
+}
+
+/// The session and the coordinator's id of a key.
+fn unscoped(key: u64) -> (u64, u64) {
+    (key >> SESSION_SHIFT, key & ((1 << SESSION_SHIFT) - 1))
+}
 
 fn peek_failed(id: u64, kind: ErrorKind, error: String) -> Resp {
     Resp::Peek(wire::PeekResponse { id, error, error_kind: kind as i32, ..Default::default() })
@@ -94,10 +105,13 @@ struct StatusMerge {
 
 #[derive(Default)]
 struct State {
+    /// The current session (0: none) and where its responses go.
+    session: u64,
     out: Option<mpsc::Sender<Result<wire::Response, Status>>>,
     peeks: HashMap<u64, PeekMerge>,
     subscriptions: HashMap<u64, BatchMerge>,
-    ingests: HashMap<u64, (u32, Vec<IngestReject>)>,
+    /// Ingest requests at a thread, waiting for its acknowledgement.
+    ingests: HashMap<u64, ()>,
     statuses: HashMap<u64, StatusMerge>,
     frontier: Option<FrontierMerge>,
     sinces: Vec<u64>,
@@ -122,7 +136,6 @@ pub struct WorkerService {
     shape: Shape,
     schemas: Arc<Vec<Schema>>,
     threads: Arc<Vec<Inbox>>,
-    decode: Arc<DecodeConfig>,
     state: Arc<Mutex<State>>,
     next_thread: Arc<std::sync::atomic::AtomicUsize>,
     ingested: Counter,
@@ -144,7 +157,6 @@ impl WorkerService {
         shape: Shape,
         schemas: Vec<Schema>,
         threads: Vec<Inbox>,
-        decode: DecodeConfig,
         ingested: Counter,
         mut replies: mpsc::Receiver<ThreadReply>,
     ) -> Self {
@@ -153,7 +165,6 @@ impl WorkerService {
             shape,
             schemas: Arc::new(schemas),
             threads: Arc::new(threads),
-            decode: Arc::new(decode),
             state: Arc::new(Mutex::new(state)),
             next_thread: Arc::default(),
             metrics: Arc::new(ProcessMetrics::new(&ingested)),
@@ -172,9 +183,14 @@ impl WorkerService {
     /// Ends the coordinator's session (on shutdown: an open stream would hold a graceful
     /// shutdown open forever).
     pub fn end_session(&self) {
-        if let Some(out) = self.lock().out.take() {
+        let (session, out) = {
+            let mut state = self.lock();
+            (state.session, state.out.take())
+        };
+        if let Some(out) = out {
             let _ = out.try_send(Err(Status::unavailable("the worker process is shutting down")));
         }
+        self.end(session);
     }
 
     /// This process's metrics in the OpenMetrics text format.
@@ -218,9 +234,15 @@ impl WorkerService {
     /// Merges a thread's reply; returns what to tell the coordinator.
     fn on_reply(&self, reply: ThreadReply) -> Vec<Resp> {
         let mut state = self.lock();
+        let current = state.session;
+        let of_this_session = |key: u64| {
+            let (session, id) = unscoped(key);
+            (session == current).then_some(id)
+        };
         match reply {
-            ThreadReply::Peek { id, thread, result } => {
-                let Some(merge) = state.peeks.get_mut(&id) else { return Vec::new() };
+            ThreadReply::Peek { id: key, thread, result } => {
+                let Some(id) = of_this_session(key) else { return Vec::new() };
+                let Some(merge) = state.peeks.get_mut(&key) else { return Vec::new() };
                 match result {
                     Ok((rows, cursor)) => {
                         merge.rows.extend(rows);
@@ -234,14 +256,15 @@ impl WorkerService {
                 if merge.remaining > 0 {
                     return Vec::new();
                 }
-                let merge = state.peeks.remove(&id).expect("present above");
+                let merge = state.peeks.remove(&key).expect("present above");
                 vec![finish_peek(id, merge)]
             }
-            ThreadReply::Batch { id, thread, batch } => {
-                let Some(merge) = state.subscriptions.get_mut(&id) else { return Vec::new() };
+            ThreadReply::Batch { id: key, thread, batch } => {
+                let Some(id) = of_this_session(key) else { return Vec::new() };
+                let Some(merge) = state.subscriptions.get_mut(&key) else { return Vec::new() };
                 if let Err(e) = merge.push(thread, batch) {
-                    state.subscriptions.remove(&id);
-                    let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+                    state.subscriptions.remove(&key);
+                    let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id: key });
                     return vec![ended(id, ErrorKind::Internal, format!("broken subscription protocol: {e}"))];
                 }
                 let mut out = Vec::new();
@@ -250,22 +273,27 @@ impl WorkerService {
                 }
                 out
             }
-            ThreadReply::Failed { id, error } => {
-                if state.subscriptions.remove(&id).is_none() {
+            ThreadReply::Failed { id: key, error } => {
+                let Some(id) = of_this_session(key) else { return Vec::new() };
+                if state.subscriptions.remove(&key).is_none() {
                     return Vec::new();
                 }
-                let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+                let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id: key });
                 vec![ended(id, ErrorKind::Compacted, error)]
             }
-            ThreadReply::Ingest { id, result } => {
-                let (accepted, rejects) = state.ingests.remove(&id).unwrap_or_default();
+            ThreadReply::Ingest { id: key, result } => {
+                let Some(id) = of_this_session(key) else { return Vec::new() };
+                if state.ingests.remove(&key).is_none() {
+                    return Vec::new();
+                }
                 vec![match result {
-                    Ok(time) => Resp::Ingest(wire::IngestAck { id, accepted, rejects, time, ..Default::default() }),
+                    Ok(o) => Resp::Ingest(wire::IngestAck { id, accepted: o.accepted, rejects: o.rejects, time: o.time, ..Default::default() }),
                     Err(error) => ingest_failed(id, ErrorKind::Unavailable, error),
                 }]
             }
-            ThreadReply::Status { id, views } => {
-                let Some(merge) = state.statuses.get_mut(&id) else { return Vec::new() };
+            ThreadReply::Status { id: key, views } => {
+                let Some(id) = of_this_session(key) else { return Vec::new() };
+                let Some(merge) = state.statuses.get_mut(&key) else { return Vec::new() };
                 for (total, part) in merge.views.iter_mut().zip(views) {
                     total.0 += part.0;
                     total.1 += part.1;
@@ -274,7 +302,7 @@ impl WorkerService {
                 if merge.remaining > 0 {
                     return Vec::new();
                 }
-                let merge = state.statuses.remove(&id).expect("present above");
+                let merge = state.statuses.remove(&key).expect("present above");
                 let views = self
                     .schemas
                     .iter()
@@ -301,16 +329,16 @@ impl WorkerService {
         }
     }
 
-    /// Handles one command; returns what to answer right away.
-    fn on_command(&self, command: Cmd) -> Vec<Resp> {
+    /// Handles one command of session `session`; returns what to answer right away.
+    fn on_command(&self, session: u64, command: Cmd) -> Vec<Resp> {
         match command {
             Cmd::Hello(hello) => self.handle_hello(hello),
-            Cmd::Peek(peek) => self.handle_peek(peek),
-            Cmd::Subscribe(s) => self.handle_subscribe(s),
-            Cmd::Cancel(c) => self.handle_cancel(c),
-            Cmd::Ingest(i) => self.handle_ingest(i),
-            Cmd::Status(s) => self.handle_status(s),
-            Cmd::Release(r) => self.handle_release(r),
+            Cmd::Peek(peek) => self.handle_peek(session, peek),
+            Cmd::Subscribe(s) => self.handle_subscribe(session, s),
+            Cmd::Cancel(c) => self.handle_cancel(session, c),
+            Cmd::Ingest(i) => self.handle_ingest(session, i),
+            Cmd::Status(s) => self.handle_status(session, s),
+            Cmd::Release(r) => self.handle_release(session, r),
         }
     }
 
@@ -335,8 +363,9 @@ impl WorkerService {
         self.schemas.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| format!("no view {name:?}"))
     }
 
-    fn handle_peek(&self, peek: wire::Peek) -> Vec<Resp> {
+    fn handle_peek(&self, session: u64, peek: wire::Peek) -> Vec<Resp> {
         let id = peek.id;
+        let key = scoped(session, id);
         let fail = |kind, error: String| vec![peek_failed(id, kind, error)];
         let (view, schema) = match self.view(&peek.view) {
             Ok(v) => v,
@@ -380,7 +409,7 @@ impl WorkerService {
         if asked.is_empty() {
             return vec![finish_peek(id, merge)];
         }
-        self.lock().peeks.insert(id, merge);
+        self.lock().peeks.insert(key, merge);
         let budget = (peek.thread_budget_bytes as usize).max(MIN_THREAD_BUDGET_BYTES);
         let scan = |t: usize| {
             let goal = if limit > 0 { Goal::Limit { limit } } else { Goal::Rows { budget } };
@@ -388,16 +417,16 @@ impl WorkerService {
             Scan::new(peek.as_of, filter.clone(), seek.clone(), goal, position)
         };
         for &t in &asked {
-            if let Err(e) = self.threads[t].send(ThreadCommand::Peek { id, view, scan: scan(t) }) {
-                self.lock().peeks.remove(&id);
+            if let Err(e) = self.threads[t].send(ThreadCommand::Peek { id: key, view, scan: scan(t) }) {
+                self.lock().peeks.remove(&key);
                 return fail(ErrorKind::Unavailable, format!("worker thread {t} cannot take commands: {e}"));
             }
         }
         Vec::new()
     }
 
-    fn handle_subscribe(&self, s: wire::Subscribe) -> Vec<Resp> {
-        let id = s.id;
+    fn handle_subscribe(&self, session: u64, s: wire::Subscribe) -> Vec<Resp> {
+        let (id, key) = (s.id, scoped(session, s.id));
         let fail = |kind, error: String| vec![ended(id, kind, error)];
         let (view, schema) = match self.view(&s.view) {
             Ok(v) => v,
@@ -407,69 +436,92 @@ impl WorkerService {
             Ok(f) => f,
             Err(e) => return fail(ErrorKind::Invalid, e),
         };
-        self.lock().subscriptions.insert(id, BatchMerge::new(self.shape.threads, s.as_of));
+        self.lock().subscriptions.insert(key, BatchMerge::new(self.shape.threads, s.as_of));
         let as_of = s.as_of;
-        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id, view, filter: filter.clone(), as_of }) {
-            self.lock().subscriptions.remove(&id);
-            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Subscribe { id: key, view, filter: filter.clone(), as_of }) {
+            self.lock().subscriptions.remove(&key);
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id: key });
             return fail(ErrorKind::Unavailable, e);
         }
         Vec::new()
     }
 
-    fn handle_release(&self, r: wire::Release) -> Vec<Resp> {
-        let id = r.id;
-        if self.lock().subscriptions.contains_key(&id) {
+    fn handle_release(&self, session: u64, r: wire::Release) -> Vec<Resp> {
+        let key = scoped(session, r.id);
+        if self.lock().subscriptions.contains_key(&key) {
             // A thread that misses it keeps compaction held until the subscription ends.
-            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Release { id });
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Release { id: key });
         }
         Vec::new()
     }
 
-    fn handle_cancel(&self, c: wire::Cancel) -> Vec<Resp> {
-        let id = c.id;
-        if self.lock().subscriptions.remove(&id).is_some() {
-            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
+    fn handle_cancel(&self, session: u64, c: wire::Cancel) -> Vec<Resp> {
+        let (id, key) = (c.id, scoped(session, c.id));
+        if self.lock().subscriptions.remove(&key).is_some() {
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id: key });
             return vec![Resp::Ended(wire::SubscriptionEnded { id, ..Default::default() })];
         }
         Vec::new()
     }
 
-    fn handle_ingest(&self, ingest: wire::Ingest) -> Vec<Resp> {
-        let id = ingest.id;
-        let now = now_ms();
-        let mut rejects = Vec::new();
-        for (index, bytes) in ingest.events.iter().enumerate() {
-            let record = RawRecord { format: Format::Json, position: index as u64, bytes: bytes.clone() };
-            if let Err(r) = decode(&record, now, &self.decode) {
-                rejects.push(IngestReject { index: index as u32, reason: r.reason.name().to_owned(), detail: r.detail });
-            }
+    fn handle_ingest(&self, session: u64, ingest: wire::Ingest) -> Vec<Resp> {
+        let (id, key) = (ingest.id, scoped(session, ingest.id));
+        if ingest.events.len() > MAX_INGEST_EVENTS {
+            return vec![ingest_failed(id, ErrorKind::Exhausted, format!("{} events in one request; at most {MAX_INGEST_EVENTS}", ingest.events.len()))];
         }
-        let accepted = (ingest.events.len() - rejects.len()) as u32;
-        self.lock().ingests.insert(id, (accepted, rejects));
         let thread = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.shape.threads;
-        let events = ingest.events;
-        if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id, events }) {
-            self.lock().ingests.remove(&id);
+        self.lock().ingests.insert(key, ());
+        if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id: key, events: ingest.events }) {
+            self.lock().ingests.remove(&key);
             tracing::warn!("ingest {id} refused: {e}");
             return vec![ingest_failed(id, ErrorKind::Unavailable, format!("the worker process is busy ({e}); retry"))];
         }
         Vec::new()
     }
 
-    fn handle_status(&self, s: wire::StatusRequest) -> Vec<Resp> {
-        let id = s.id;
+    fn handle_status(&self, session: u64, s: wire::StatusRequest) -> Vec<Resp> {
+        let (id, key) = (s.id, scoped(session, s.id));
         let merge = StatusMerge { remaining: self.shape.threads, views: vec![(0, 0); self.schemas.len()] };
-        self.lock().statuses.insert(id, merge);
-        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Status { id }) {
+        self.lock().statuses.insert(key, merge);
+        if let Err(e) = self.to_threads(&self.all_threads(), || ThreadCommand::Status { id: key }) {
             // Answer without sizes rather than not at all: one response per request.
             tracing::warn!("status {id}: {e}");
             let mut state = self.lock();
-            state.statuses.remove(&id);
+            state.statuses.remove(&key);
             let ingested = self.ingested.get();
             return vec![Resp::Status(wire::StatusResponse { id, upper: state.sent.0, views: Vec::new(), ingested })];
         }
         Vec::new()
+    }
+
+    /// Starts session `session` unless another one is live: one coordinator at a time,
+    /// and a second one cannot take over while the first is connected.
+    fn begin_session(&self, out: mpsc::Sender<Result<wire::Response, Status>>) -> Result<u64, Status> {
+        let mut state = self.lock();
+        if state.out.as_ref().is_some_and(|o| !o.is_closed()) {
+            return Err(Status::failed_precondition("another coordinator's session is open on this worker process"));
+        }
+        state.session += 1;
+        state.out = Some(out);
+        Ok(state.session)
+    }
+
+    /// Ends session `session` if it is still the current one: what it asked for is
+    /// forgotten and its subscriptions end at every thread.
+    fn end(&self, session: u64) {
+        let mut state = self.lock();
+        if state.session != session {
+            return;
+        }
+        state.out = None;
+        state.peeks.clear();
+        state.statuses.clear();
+        state.ingests.clear();
+        let old: Vec<u64> = state.subscriptions.drain().map(|(key, _)| key).collect();
+        drop(state);
+        for key in old {
+            let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id: key });
+        }
     }
 }
 
@@ -480,23 +532,13 @@ impl wire::worker_server::Worker for WorkerService {
     async fn session(&self, request: Request<Streaming<wire::Command>>) -> Result<Response<Self::SessionStream>, Status> {
         let mut commands = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND);
-        {
-            // One coordinator at a time: a new session replaces the old one and its
-            // subscriptions.
-            let mut state = self.lock();
-            state.out = Some(tx);
-            let old: Vec<u64> = state.subscriptions.drain().map(|(id, _)| id).collect();
-            drop(state);
-            for id in old {
-                let _ = self.to_threads(&self.all_threads(), || ThreadCommand::Cancel { id });
-            }
-        }
+        let session = self.begin_session(tx)?;
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(command) = commands.next().await {
                 match command {
                     Ok(wire::Command { command: Some(command) }) => {
-                        let responses = service.on_command(command);
+                        let responses = service.on_command(session, command);
                         service.send(responses).await;
                     }
                     Ok(wire::Command { command: None }) => {}
@@ -506,6 +548,7 @@ impl wire::worker_server::Worker for WorkerService {
                     }
                 }
             }
+            service.end(session);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -2,7 +2,7 @@
 //! ingested records, step the dataflow, then answer what has become answerable.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,19 +10,22 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::input::Input;
 use prometheus_client::metrics::counter::Counter;
-use tidemark_dataflows::decode::{Format, RawRecord};
+use tidemark_dataflows::decode::{check, DecodeConfig, Format, RawRecord, Reject};
 use tidemark_dataflows::generator::GeneratorConfig;
 use tidemark_dataflows::rows::key_of;
 use tidemark_dataflows::time::Time;
 use tidemark_dataflows::views::{build, ViewArrangement, ViewConfig, ViewRow, WireRow};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use tidemark_proto::v1::value::Kind;
-use tidemark_proto::limits::CHUNK_BYTES;
+use tidemark_proto::limits::{CHUNK_BYTES, MAX_ACK_DETAIL_BYTES, MAX_REJECT_DETAIL_BYTES};
+use tidemark_proto::truncate_utf8;
+use tidemark_proto::v1::IngestReject;
 use tidemark_proto::merge::chunks;
 use tidemark_proto::v1::{SubscribeBatch, Update, Value};
 use tokio::sync::mpsc::Sender;
 
-use super::compute::{sort_rows, Goal, Mailbox, Placement, Scan, Served, ServedView, ThreadCommand, ThreadReply};
+use super::compute::{sort_rows, Goal, IngestOutcome, Mailbox, Placement, Scan, Served, ServedView, ThreadCommand, ThreadReply};
+use crate::log::{Appender, Durable, Entry, Replay};
 use super::filter::RowFilter;
 use super::schema;
 use crate::driver::{MAX_IN_FLIGHT, MAX_LAG_MS};
@@ -64,7 +67,7 @@ impl ExportPlan {
 /// every reject up to that time, so when the tables' frontier passes a time, the
 /// dead-letter topic holds that time's rejects.
 struct Exporter {
-    received: Rc<RefCell<Vec<(ViewRow, Time, isize)>>>,
+    received: Rc<RefCell<Vec<(Exported, Time, isize)>>>,
     probe: timely::dataflow::ProbeHandle<Time>,
     upper: Time,
     mirrored: HashSet<&'static str>,
@@ -78,13 +81,22 @@ struct Exporter {
 /// changes of the mirrored views.
 type HeldBatch = (u64, Time, Vec<(ViewRow, isize)>);
 
+/// What the first thread receives to export.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+enum Exported {
+    /// A change of a mirrored view.
+    View(WireRow),
+    /// A reject with all its bytes, for the dead-letter topic.
+    DeadLetter(Reject),
+}
+
 impl Exporter {
     /// Hands the changes at times the export's frontier has passed to the dead-letter
     /// writer and then to the sink.
     fn export(&mut self) -> anyhow::Result<()> {
         let frontier = probe_frontier(&self.probe);
         if frontier > self.upper {
-            let mut ready: Vec<(ViewRow, Time, isize)> = Vec::new();
+            let mut ready: Vec<(Exported, Time, isize)> = Vec::new();
             {
                 let mut received = self.received.borrow_mut();
                 let (done, later): (Vec<_>, Vec<_>) = received.drain(..).partition(|(_, t, _)| *t < frontier);
@@ -94,8 +106,8 @@ impl Exporter {
             differential_dataflow::consolidation::consolidate_updates(&mut ready);
             let mut sent = 0;
             if let Some(writer) = &mut self.dead_letter {
-                for (row, _, diff) in &ready {
-                    if let (ViewRow::Rejects(reject), true) = (row, *diff > 0) {
+                for (exported, _, diff) in &ready {
+                    if let (Exported::DeadLetter(reject), true) = (exported, *diff > 0) {
                         writer.write(reject)?;
                     }
                 }
@@ -103,7 +115,13 @@ impl Exporter {
             }
             if self.feed.is_some() {
                 let mirrored = &self.mirrored;
-                let changes = ready.into_iter().filter(|(row, _, _)| mirrored.contains(row.view())).map(|(row, _, diff)| (row, diff)).collect();
+                let changes = ready
+                    .into_iter()
+                    .filter_map(|(exported, _, diff)| match exported {
+                        Exported::View(WireRow(row)) if mirrored.contains(row.view()) => Some((row, diff)),
+                        _ => None,
+                    })
+                    .collect();
                 self.held.push_back((sent, frontier, changes));
             }
             self.upper = frontier;
@@ -146,6 +164,34 @@ pub struct ThreadContext {
     pub kafka_counters: Arc<KafkaCounters>,
     /// What leaves the cluster through its first thread.
     pub export: ExportPlan,
+    /// The process's ingest log, if `Ingest` is made durable.
+    pub log: Option<Appender>,
+    /// What the ingest log held at start, to replay before anything else.
+    pub replay: Option<Arc<Replay>>,
+}
+
+/// An `Ingest` request whose events wait for the log to make them durable; the thread's
+/// input stays at its time meanwhile.
+struct PendingIngest {
+    id: u64,
+    token: u64,
+    accepted: u32,
+    rejects: Vec<IngestReject>,
+}
+
+/// Validates a request's events as the dataflow will at `time`: the acknowledgement's
+/// rejects, with details cut to the acknowledgement's budget.
+fn validate(events: &[Vec<u8>], time: Time, config: &DecodeConfig) -> (u32, Vec<IngestReject>) {
+    let mut rejects = Vec::new();
+    let mut budget = MAX_ACK_DETAIL_BYTES;
+    for (index, bytes) in events.iter().enumerate() {
+        if let Err((reason, detail)) = check(Format::Json, bytes, index as u64, time, config) {
+            let detail = truncate_utf8(&detail, MAX_REJECT_DETAIL_BYTES.min(budget)).to_owned();
+            budget -= detail.len();
+            rejects.push(IngestReject { index: index as u32, reason: reason.name().to_owned(), detail });
+        }
+    }
+    ((events.len() - rejects.len()) as u32, rejects)
 }
 
 /// A peek in progress on this thread.
@@ -214,13 +260,14 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
             let mirrored: HashSet<&'static str> = ctx.export.mirrored.iter().copied().collect();
             let dead_letter = ctx.export.dead_letter;
             let received = received.clone();
-            v.rows()
-                .flat_map(move |row| (mirrored.contains(row.view()) || (dead_letter && matches!(row, ViewRow::Rejects(_)))).then_some(WireRow(row)))
+            let rows = v.rows().flat_map(move |row| mirrored.contains(row.view()).then_some(Exported::View(WireRow(row))));
+            let letters = v.dead_letter.clone().flat_map(move |reject| dead_letter.then_some(Exported::DeadLetter(reject)));
+            rows.concat(letters)
                 .inner
                 .exchange(|_| 0)
                 .inspect_core(move |event| {
                     if let (true, Ok((_, batch))) = (first, event) {
-                        received.borrow_mut().extend(batch.iter().map(|(row, t, d)| (row.0.clone(), *t, *d)));
+                        received.borrow_mut().extend(batch.iter().cloned());
                     }
                 })
                 .probe()
@@ -278,22 +325,80 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
         // The server is gone only when the process is stopping.
         let _ = ctx.replies.blocking_send(r);
     };
+    let (durable_tx, durable) = std::sync::mpsc::channel::<Durable>();
+    let mut pending: VecDeque<PendingIngest> = VecDeque::new();
+    let mut next_token = 0u64;
+
+    // First the log: every request this thread (or, in a process of another shape, a
+    // thread of the same index) took before, at its time.
+    if let Some(replay) = &ctx.replay {
+        let started = Instant::now();
+        let mut replayed = 0usize;
+        replay.entries(local, ctx.threads, |entry| {
+            if entry.time > *input.time() {
+                input.advance_to(entry.time);
+            }
+            let n = entry.events.len();
+            for (i, bytes) in entry.events.into_iter().enumerate() {
+                input.insert(RawRecord { format: Format::Json, position: entry.first_position + i as u64, bytes });
+            }
+            position = position.max(entry.first_position + n as u64);
+            ctx.ingested.inc_by(n as u64);
+            in_flight.push(*input.time(), n);
+            replayed += n;
+            let upper = || views.iter().map(|v| v.upper()).min().unwrap_or(Time::MAX);
+            let open = *input.time();
+            if in_flight.waiting(upper(), open) > MAX_IN_FLIGHT {
+                input.flush();
+                while in_flight.waiting(upper(), open) > MAX_IN_FLIGHT {
+                    worker.step();
+                }
+            }
+        })?;
+        input.flush();
+        if replayed > 0 {
+            tracing::info!(thread = local, events = replayed, seconds = started.elapsed().as_secs_f64(), "replayed the ingest log");
+        }
+    }
 
     while !ctx.stop.load(Ordering::Relaxed) {
         let now = now_ms() / tick * tick;
         let mut inserted = 0;
+        // Requests the log has made durable go in at their time, in order.
+        while let Ok(Durable { token, entry, result }) = durable.try_recv() {
+            let waiting = pending.pop_front().expect("the log reports only what was appended");
+            assert_eq!(waiting.token, token, "the log reports appends in order");
+            match result {
+                Ok(()) => {
+                    debug_assert_eq!(entry.time, *input.time(), "the input waits at a pending request's time");
+                    let n = entry.events.len();
+                    for (i, bytes) in entry.events.into_iter().enumerate() {
+                        input.insert(RawRecord { format: Format::Json, position: entry.first_position + i as u64, bytes });
+                    }
+                    ctx.ingested.inc_by(n as u64);
+                    input.flush();
+                    inserted += n;
+                    let outcome = IngestOutcome { time: entry.time, accepted: waiting.accepted, rejects: waiting.rejects };
+                    reply(ThreadReply::Ingest { id: waiting.id, result: Ok(outcome) });
+                }
+                Err(error) => reply(ThreadReply::Ingest { id: waiting.id, result: Err(error) }),
+            }
+        }
         match &mut kafka {
-            // Without Kafka, time is the wall clock on the tick.
-            None if now > *input.time() => {
+            // Without Kafka, time is the wall clock on the tick (held while requests wait
+            // for the log).
+            None if now > *input.time() && pending.is_empty() => {
                 input.advance_to(now);
                 input.flush();
             }
             None => {}
             // With Kafka, time follows the partitions' clocks; reading pauses while the
-            // views are too far behind.
+            // views are too far behind, and while requests wait for the log (their time
+            // is the input's now).
+            Some(_) if !pending.is_empty() => {}
             Some(source) => {
                 let behind = |time: Time| time.saturating_sub(frontier) > MAX_LAG_MS;
-                while inserted < KAFKA_PER_STEP && in_flight.count(frontier) < MAX_IN_FLIGHT && !behind(*input.time()) {
+                while inserted < KAFKA_PER_STEP && in_flight.waiting(frontier, *input.time()) < MAX_IN_FLIGHT && !behind(*input.time()) {
                     kafka_batch.clear();
                     let Some(time) = source.next_batch(&mut kafka_batch, KAFKA_PER_STEP - inserted)? else { break };
                     if time > *input.time() {
@@ -342,17 +447,32 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                 }
                 ThreadCommand::Ingest { id, events } => {
                     let time = *input.time();
-                    ctx.ingested.inc_by(events.len() as u64);
-                    for bytes in events {
-                        position += 1;
-                        input.insert(RawRecord { format: Format::Json, position, bytes });
+                    let (accepted, rejects) = validate(&events, time, &ctx.config.decode);
+                    let first_position = position + 1;
+                    position += events.len() as u64;
+                    match &ctx.log {
+                        Some(log) => {
+                            let token = next_token;
+                            next_token += 1;
+                            let entry = Entry { thread: local as u32, time, first_position, events };
+                            match log.append(entry, token, durable_tx.clone(), Some(std::thread::current())) {
+                                Ok(()) => pending.push_back(PendingIngest { id, token, accepted, rejects }),
+                                Err(e) => reply(ThreadReply::Ingest { id, result: Err(format!("{e}; retry")) }),
+                            }
+                        }
+                        None => {
+                            ctx.ingested.inc_by(events.len() as u64);
+                            for (i, bytes) in events.into_iter().enumerate() {
+                                input.insert(RawRecord { format: Format::Json, position: first_position + i as u64, bytes });
+                            }
+                            input.flush();
+                            reply(ThreadReply::Ingest { id, result: Ok(IngestOutcome { time, accepted, rejects }) });
+                        }
                     }
-                    input.flush();
-                    reply(ThreadReply::Ingest { id, result: Ok(time) });
                 }
             }
         }
-        let busy = inserted > 0 || !peeks.is_empty() || subscriptions.values().any(|s| matches!(s.phase, Phase::Starting { .. }));
+        let busy = inserted > 0 || !peeks.is_empty() || !pending.is_empty() || subscriptions.values().any(|s| matches!(s.phase, Phase::Starting { .. }));
         if busy {
             worker.step();
         } else {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub mod postgres;
+pub mod serving;
 
 /// A fresh scratch directory under the system temp dir, removed on drop.
 pub struct Scratch(pub PathBuf);

@@ -1,0 +1,9 @@
+//! Operators of the views that differential does not provide, one per file, each an
+//! extension trait on collections at ingestion times.
+//!
+//! - [`keep_first`]: of the values arriving in each bucket, the first `k`, for as long as
+//!   they last (the `rejects` view's bound per reason and hour).
+
+pub mod keep_first;
+
+pub use keep_first::KeepFirst;
