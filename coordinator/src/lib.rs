@@ -7,6 +7,7 @@
 //! workers (`HelloResponse`) and the wire crate.
 #![forbid(missing_docs)]
 
+pub mod calls;
 pub mod cluster;
 pub mod command;
 pub mod config;
@@ -82,13 +83,15 @@ pub async fn run(
     };
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
-    let api = TidemarkServer::new(TidemarkService::new(cluster.clone(), metrics, options.subscriber_buffer))
-        .max_decoding_message_size(options.max_message_bytes);
+    let service = TidemarkService::new(cluster.clone(), metrics.clone(), options.subscriber_buffer);
+    let refresh = tokio::spawn(metrics::refresh(metrics.clone(), Arc::new(service.clone())));
+    let api = TidemarkServer::new(service).max_decoding_message_size(options.max_message_bytes);
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = options.tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let served = builder
+        .layer(calls::CallsLayer::new(metrics))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
@@ -99,6 +102,7 @@ pub async fn run(
         })
         .await;
     health_task.abort();
+    refresh.abort();
     if let Some(server) = metrics_server {
         server.stop().await?;
     }

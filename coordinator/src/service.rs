@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tidemark_proto::internal::v1 as wire;
 use tidemark_proto::limits::{MAX_FILTERS, MAX_INGEST_EVENTS, MAX_LIMIT, MAX_RESPONSE_BYTES};
@@ -28,6 +28,7 @@ const INGEST_ACKS: usize = 16;
 const INGEST_PIPELINE: usize = 8;
 
 /// The public API.
+#[derive(Clone)]
 pub struct TidemarkService {
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
@@ -35,10 +36,6 @@ pub struct TidemarkService {
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn code<T>(result: &Result<T, Status>) -> tonic::Code {
-    result.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(Status::code)
-}
 
 /// Refuses filters on unknown columns or with values of the wrong type before anything
 /// reaches the workers (which check again).
@@ -133,6 +130,11 @@ impl TidemarkService {
         Ok(rx)
     }
 
+    /// The answer `Status` gives now.
+    pub async fn status_now(&self) -> Result<StatusResponse, Status> {
+        self.answer_status().await
+    }
+
     async fn answer_status(&self) -> Result<StatusResponse, Status> {
         let (frontier, _) = self.cluster.frontier_and_since();
         let (_, threads) = self.cluster.shape();
@@ -170,23 +172,18 @@ impl TidemarkService {
 #[tonic::async_trait]
 impl Tidemark for TidemarkService {
     async fn list_views(&self, _: Request<ListViewsRequest>) -> Result<Response<ListViewsResponse>, Status> {
-        self.metrics.observe("ListViews", tonic::Code::Ok, None);
         Ok(Response::new(ListViewsResponse { views: self.cluster.views() }))
     }
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        let start = Instant::now();
-        let result = self.answer_query(request.into_inner()).await;
-        self.metrics.observe("Query", code(&result), Some(start.elapsed()));
-        result.map(Response::new)
+        self.answer_query(request.into_inner()).await.map(Response::new)
     }
 
     type SubscribeStream = Boxed<SubscribeResponse>;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        let result = self.start_subscription(request.into_inner()).await;
-        self.metrics.observe("Subscribe", code(&result), None);
-        result.map(|rx| Response::new(Box::pin(ReceiverStream::new(rx)) as Self::SubscribeStream))
+        let rx = self.start_subscription(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as Self::SubscribeStream))
     }
 
     type IngestStream = Boxed<IngestResponse>;
@@ -194,14 +191,16 @@ impl Tidemark for TidemarkService {
     async fn ingest(&self, request: Request<Streaming<IngestRequest>>) -> Result<Response<Self::IngestStream>, Status> {
         let requests = request.into_inner();
         let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        let counting = metrics.clone();
         let (tx, rx) = mpsc::channel(INGEST_ACKS);
         // Up to INGEST_PIPELINE requests are at the workers at once; acknowledgements go
         // back in request order.
         let mut acks = futures::StreamExt::buffered(
             requests.map(move |request| {
-                let cluster = cluster.clone();
+                let (cluster, metrics) = (cluster.clone(), metrics.clone());
                 async move {
                     let events = request?.events;
+                    metrics.ingest_request();
                     if events.len() > MAX_INGEST_EVENTS {
                         return Err(Status::invalid_argument(format!("{} events in one request; at most {MAX_INGEST_EVENTS} are allowed: split it", events.len())));
                     }
@@ -213,11 +212,10 @@ impl Tidemark for TidemarkService {
         tokio::spawn(async move {
             while let Some(ack) = acks.next().await {
                 let response = ack.map(|ack| {
-                    metrics.ingested(u64::from(ack.accepted), ack.rejects.len() as u64);
+                    counting.ingested(u64::from(ack.accepted), ack.rejects.len() as u64);
                     IngestResponse { accepted: ack.accepted, rejects: ack.rejects, visible_at: ack.time }
                 });
                 let failed = response.is_err();
-                metrics.observe("Ingest", code(&response), None);
                 if tx.send(response).await.is_err() || failed {
                     break;
                 }
@@ -227,9 +225,6 @@ impl Tidemark for TidemarkService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let start = Instant::now();
-        let result = self.answer_status().await;
-        self.metrics.observe("Status", code(&result), Some(start.elapsed()));
-        result.map(Response::new)
+        self.answer_status().await.map(Response::new)
     }
 }

@@ -187,3 +187,37 @@ fn parts_built_alone_equal_the_whole_dataflow() {
         }
     }
 }
+
+/// The `rejects` view's bound: with two kept per reason and hour, the view holds the
+/// first two rejects of each reason and hour to arrive (while they last), and
+/// `rejected_by_reason` still counts them all; the same under every batching and worker
+/// count.
+#[test]
+fn rejects_keep_the_first_per_reason_and_hour() {
+    let mut config = test_config();
+    config.rejects_per_hour = 2;
+    for seed in 60..63 {
+        let records = random_records(seed, 300);
+        for (tick, workers) in [(10, 1), (60_000, 2), (600_000, 4)] {
+            let mut batched = rebatch(&records, tick);
+            shuffle_within_times(&mut batched, seed * 13 + tick);
+            let label = format!("seed {seed}, tick {tick}");
+            let updates = check_with_config(&batched, workers, &label, &config);
+            let at = batched.iter().map(|(_, t)| *t).max().expect("records");
+            let state = state_at(&updates, at);
+            let kept: i64 = state.iter().filter(|(row, _)| matches!(row, ViewRow::Rejects(_))).map(|(_, c)| c).sum();
+            let counted: i64 = state.iter().filter_map(|(row, _)| match row {
+                ViewRow::RejectedByReason { count, .. } => Some(*count),
+                _ => None,
+            }).sum();
+            assert!(kept < counted, "{label}: the bound leaves rejects out of the view ({kept} kept of {counted})");
+            let mut per_bucket = std::collections::BTreeMap::new();
+            for (row, count) in &state {
+                if let ViewRow::Rejects(r) = row {
+                    *per_bucket.entry((r.reason, r.ingest_time / tidemark_dataflows::views::HOUR_MS)).or_insert(0) += count;
+                }
+            }
+            assert!(per_bucket.values().all(|n| *n <= 2 * 2), "{label}: at most two distinct rejects (copies count twice): {per_bucket:?}");
+        }
+    }
+}

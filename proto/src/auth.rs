@@ -82,13 +82,20 @@ impl Interceptor for TokenCheck {
         let Some(value) = request.metadata().get(HEADER) else {
             return Err(Status::unauthenticated("this server needs `authorization: Bearer <token>`"));
         };
-        let token = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+        let token = bearer_token(value.as_bytes()).unwrap_or(b"");
         if self.accepts(token) {
             Ok(request)
         } else {
             Err(Status::unauthenticated("the bearer token is not accepted"))
         }
     }
+}
+
+/// The token of an `authorization` value `<scheme> 1*SP <token>` whose scheme is
+/// `Bearer` in any case (RFC 7235 makes the scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii_start())
 }
 
 /// Reads tokens from a file (one per line; `#` starts a comment line) and from a
@@ -120,6 +127,10 @@ mod tests {
         assert!(check.enabled());
         assert_eq!(call(&mut check, Some("Bearer alpha")), Ok(()));
         assert_eq!(call(&mut check, Some("Bearer beta")), Ok(()));
+        assert_eq!(call(&mut check, Some("bearer alpha")), Ok(()), "the scheme is case-insensitive");
+        assert_eq!(call(&mut check, Some("BEARER  alpha")), Ok(()));
+        assert_eq!(call(&mut check, Some("Bearer alpha ")), Err(tonic::Code::Unauthenticated), "the token is taken as it is");
+        assert_eq!(call(&mut check, Some("Basic alpha")), Err(tonic::Code::Unauthenticated));
         assert_eq!(call(&mut check, Some("Bearer alph")), Err(tonic::Code::Unauthenticated));
         assert_eq!(call(&mut check, Some("alpha")), Err(tonic::Code::Unauthenticated));
         assert_eq!(call(&mut check, Some("Bearer ")), Err(tonic::Code::Unauthenticated));

@@ -82,6 +82,7 @@ pub fn truncate_utf8(text: &str, max: usize) -> &str {
 }
 
 pub mod auth;
+pub mod codec;
 pub mod merge;
 pub mod page;
 pub mod routing;

@@ -898,6 +898,20 @@ mod tests {
         assert_eq!(s.assign(None, 10, 5_000), (1_020, false), "no timestamp: the clock");
     }
 
+    /// Records that all carry one timestamp move the partition's clock a tick on every
+    /// 65,536 records, alike on every replay, and are not taken for raised ones.
+    #[test]
+    fn one_timestamp_for_many_records_spreads_over_ticks() {
+        let mut s = state();
+        let times: Vec<(Time, bool)> = (0..200_000).map(|_| s.assign(Some(1_000), 10, 5_000)).collect();
+        assert!(times.iter().all(|(_, raised)| !raised));
+        assert_eq!(times[65_535].0, 1_000);
+        assert_eq!(times[65_536].0, 1_010);
+        assert_eq!(times[199_999].0, 1_030);
+        let mut again = state();
+        assert!(times.iter().all(|t| again.assign(Some(1_000), 10, 5_000) == *t), "a replay gives the same times");
+    }
+
     #[test]
     fn idleness_advances_the_clock_and_raises_older_records() {
         let mut s = state();

@@ -282,3 +282,40 @@ impl InFlight {
         self.total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records of one time move the clock a tick on after every MAX_RECORDS_PER_TICK, and
+    /// a later record's own time wins.
+    #[test]
+    fn the_replay_clock_spreads_one_time_over_ticks() {
+        let (mut clock, mut at) = (0, 0);
+        let mut times = Vec::new();
+        for _ in 0..(2 * MAX_RECORDS_PER_TICK + 1) {
+            (clock, at) = next_clock(clock, at, 1000, 10);
+            times.push(clock);
+        }
+        assert_eq!(times[0], 1000);
+        assert_eq!(times[MAX_RECORDS_PER_TICK as usize - 1], 1000);
+        assert_eq!(times[MAX_RECORDS_PER_TICK as usize], 1010);
+        assert_eq!(*times.last().unwrap(), 1020);
+        assert_eq!(next_clock(1020, 5, 5000, 10), (5000, 1), "a later record's time moves the clock");
+        assert_eq!(next_clock(1020, 5, 0, 10), (1020, 6), "an unreadable time keeps it");
+    }
+
+    /// Only records at times before the open one are waited for.
+    #[test]
+    fn in_flight_records_at_the_open_time_are_not_waited_for() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(10, 5);
+        in_flight.push(20, 7);
+        in_flight.push(30, 100);
+        assert_eq!(in_flight.waiting(0, 30), 12);
+        assert_eq!(in_flight.waiting(15, 30), 7);
+        assert_eq!(in_flight.waiting(15, 40), 107);
+        assert_eq!(in_flight.waiting(30, 30), 0);
+        assert_eq!(in_flight.count(30), 100);
+    }
+}

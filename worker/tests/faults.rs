@@ -473,3 +473,126 @@ fn every_process_stops_soon_after_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A file whose 250,000 records share one timestamp (a daily export) replays to the
+/// end: the replay clock moves a tick on every 65,536 records, so no bound waits on one
+/// time that cannot complete.
+#[test]
+fn a_replay_of_records_with_one_timestamp_finishes() {
+    let data = Scratch::new("faults-one-time");
+    let input = data.path("one-time.jsonl");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&input).expect("a file"));
+        for i in 0..250_000 {
+            writeln!(file, r#"{{"event_id":"o{i}","event_type":"page_view","event_ts":"2026-11-02T08:00:00Z","user_id":"u{}"}}"#, i % 100).expect("write");
+        }
+    }
+    let views = data.path("views.json");
+    let child = common::tidemark_run(&["--input", input.to_str().expect("utf-8"), "-q", "--views-out", views.to_str().expect("utf-8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tidemark run starts");
+    let output = common::wait_with_timeout(child, Duration::from_secs(300), "a replay of one timestamp");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&views).expect("views written")).expect("JSON");
+    let page_views: i64 = doc["views"]["kpis"]
+        .as_array()
+        .expect("kpis rows")
+        .iter()
+        .filter(|row| row["granularity"] == "day")
+        .map(|row| row["page_views"].as_i64().expect("a count"))
+        .sum();
+    assert_eq!(page_views, 250_000, "every record reached the views");
+}
+
+/// A gRPC codec that sends any bytes as the request message.
+#[derive(Clone, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::chunk(buf).to_vec();
+        bytes::Buf::advance(buf, bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+/// Bytes that are not a request get INVALID_ARGUMENT; refused, oversized and ingest calls
+/// are counted (Ingest by requests), and the metrics show view sizes, rejects by reason
+/// and memory.
+#[test]
+fn errors_are_classed_and_counted() {
+    let data = Scratch::new("faults-metrics");
+    let pool = Pool::start(1, 2, &data.0, &[]);
+    let metrics_port = free_ports(1)[0];
+    tokio::runtime::Runtime::new().expect("a runtime").block_on(async {
+        let options = ServeOptions { max_message_bytes: 64 << 10, ..ServeOptions::default() };
+        let coordinator = InProcess::start_with_metrics(pool.addresses(), options, None, Some(metrics_port)).await;
+        let channel = Channel::from_shared(format!("http://{}", coordinator.address)).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/tidemark.v1.Tidemark/Query");
+        let err = grpc.unary(tonic::Request::new(vec![0xff, 0xff, 0xff, 0x01]), path, Raw).await.expect_err("not a QueryRequest");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+        let mut client = TidemarkClient::new(channel);
+        let huge = QueryRequest { view: "kpis".into(), key: vec![value::string(&"k".repeat(100 << 10))], ..Default::default() };
+        let err = client.query(huge).await.expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+
+        let now = now_ms() as i64;
+        let requests: Vec<IngestRequest> =
+            (0..3).map(|r| IngestRequest { events: vec![event(&format!("m{r}"), "page_view", now - 1000, &format!("mu{r}"), ""), b"{broken".to_vec()] }).collect();
+        let mut acks = client.ingest(tokio_stream::iter(requests)).await.expect("Ingest").into_inner();
+        while acks.message().await.expect("acks").is_some() {}
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            let text = common::serving::scrape(metrics_port).await;
+            if text.contains("tidemark_view_rows{view=\"sessions\"} 3") || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        for line in [
+            "tidemark_requests_total{method=\"Query\",code=\"InvalidArgument\"} 1",
+            "tidemark_requests_total{method=\"Query\",code=\"OutOfRange\"} 1",
+            "tidemark_requests_total{method=\"Ingest\",code=\"Ok\"} 1",
+            "tidemark_ingest_requests_total 3",
+            "tidemark_ingest_records_total{outcome=\"accepted\"} 3",
+            "tidemark_ingest_records_total{outcome=\"rejected\"} 3",
+            "tidemark_view_rows{view=\"sessions\"} 3",
+            "tidemark_rejects{reason=\"malformed\"} 3",
+        ] {
+            assert!(text.contains(line), "the metrics have {line:?}:\n{text}");
+        }
+        assert!(text.contains("# TYPE tidemark_requests counter"), "{text}");
+        let _ = coordinator.stop.send(());
+    });
+}

@@ -118,6 +118,23 @@ fn secrets_tokens_tls_and_metrics() {
 
     let coordinator = scrape(coordinator_metrics);
     assert!(coordinator.contains("tidemark_requests_total{method=\"Query\",code=\"Ok\"} 2"), "{coordinator}");
+    // Calls refused before any handler runs are counted too.
+    assert!(coordinator.contains("tidemark_requests_total{method=\"Query\",code=\"Unauthenticated\"} 3"), "{coordinator}");
+    assert!(coordinator.contains("tidemark_requests_total{method=\"Status\",code=\"Unauthenticated\"} 1"), "{coordinator}");
+    let resident: i64 = coordinator
+        .lines()
+        .find_map(|l| l.strip_prefix("tidemark_process_resident_memory_bytes "))
+        .expect("the coordinator's RSS")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(resident > 1 << 20, "{resident}");
+    let longest: f64 = coordinator
+        .lines()
+        .filter(|l| l.starts_with("tidemark_request_duration_seconds_bucket") && l.contains("method=\"Query\""))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
+        .fold(0.0, f64::max);
+    assert!(longest >= 60.0, "latency buckets reach the longest wait of a call: {longest}");
     assert!(coordinator.contains("tidemark_worker_connected{process=\"0\"} 1"), "{coordinator}");
     let worker = scrape(worker_metrics);
     assert!(worker.contains("tidemark_worker_ingested_records_total 0"), "{worker}");

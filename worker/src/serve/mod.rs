@@ -278,7 +278,7 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
     };
     let appender = log.as_ref().map(IngestLog::appender);
     let replay = log.as_ref().map(|l| Arc::new(l.replay.clone()));
-    let io_metrics = IoMetrics::new(&kafka_counters);
+    let io_metrics = IoMetrics::new(&kafka_counters, log.as_ref().map(|l| l.counters.clone()));
     // Health on the internal port: the server itself (service "") is SERVING while the
     // process runs (liveness); `tidemark.internal.v1.Worker` turns SERVING once every
     // thread of this process runs in the formed timely cluster (readiness).
@@ -400,14 +400,22 @@ async fn wait_until_resolvable(address: &str, limit: std::time::Duration) -> any
     }
 }
 
-/// What a worker process shows Prometheus of its Kafka source and PostgreSQL sink.
+/// What a worker process shows Prometheus of its Kafka source, PostgreSQL sink, ingest
+/// log and memory.
 struct IoMetrics {
     registry: prometheus_client::registry::Registry,
-    sink: [prometheus_client::metrics::gauge::Gauge; 7],
+    /// The sink's frontier, pending rows and whether it stopped.
+    sink_gauges: [prometheus_client::metrics::gauge::Gauge; 3],
+    /// The sink's transactions, rows inserted and deleted, retries: counters, moved on by
+    /// how far the sink's own totals moved since the last scrape.
+    sink_counters: [(prometheus_client::metrics::counter::Counter, std::sync::atomic::AtomicU64); 4],
+    log: Option<(Arc<crate::log::LogCounters>, [prometheus_client::metrics::counter::Counter; 4], prometheus_client::metrics::gauge::Gauge)>,
+    resident: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl IoMetrics {
-    fn new(kafka: &KafkaCounters) -> Self {
+    fn new(kafka: &KafkaCounters, log: Option<Arc<crate::log::LogCounters>>) -> Self {
+        use prometheus_client::metrics::counter::Counter;
         use prometheus_client::metrics::gauge::Gauge;
         let mut registry = prometheus_client::registry::Registry::with_prefix("tidemark_worker");
         registry.register("kafka_records", "Records read from Kafka by this process", kafka.records.clone());
@@ -417,37 +425,68 @@ impl IoMetrics {
             kafka.raised.clone(),
         );
         registry.register("kafka_records_redelivered", "Messages delivered again at an offset already read (skipped)", kafka.redelivered.clone());
-        let sink: [Gauge; 7] = Default::default();
-        let names = [
+        let sink_gauges: [Gauge; 3] = Default::default();
+        let gauges = [
             ("sink_frontier_ms", "The PostgreSQL tables hold the views as of this time minus one (ms since the epoch)"),
             ("sink_pending_rows", "Rows changed since the last commit to PostgreSQL"),
+            ("sink_stopped", "1 once the PostgreSQL sink stopped on an error"),
+        ];
+        for ((name, help), gauge) in gauges.iter().zip(&sink_gauges) {
+            registry.register(*name, *help, gauge.clone());
+        }
+        let sink_counters: [(Counter, std::sync::atomic::AtomicU64); 4] = Default::default();
+        let counters = [
             ("sink_transactions", "Transactions the PostgreSQL sink committed"),
             ("sink_rows_inserted", "Rows the PostgreSQL sink inserted"),
             ("sink_rows_deleted", "Rows the PostgreSQL sink deleted"),
             ("sink_retries", "Temporary PostgreSQL failures the sink retried"),
-            ("sink_stopped", "1 once the PostgreSQL sink stopped on an error"),
         ];
-        for ((name, help), gauge) in names.iter().zip(&sink) {
-            registry.register(*name, *help, gauge.clone());
+        for ((name, help), (counter, _)) in counters.iter().zip(&sink_counters) {
+            registry.register(*name, *help, counter.clone());
         }
-        IoMetrics { registry, sink }
+        let log = log.map(|counters| {
+            let log_counters: [Counter; 4] = Default::default();
+            let names = [
+                ("ingest_log_records", "Ingest requests appended to the ingest log"),
+                ("ingest_log_syncs", "Syncs of the ingest log to disk (group commits)"),
+                ("ingest_log_bytes", "Bytes appended to the ingest log"),
+                ("ingest_log_deleted_segments", "Ingest log segments deleted after retention"),
+            ];
+            for ((name, help), counter) in names.iter().zip(&log_counters) {
+                registry.register(*name, *help, counter.clone());
+            }
+            let failed = Gauge::default();
+            registry.register("ingest_log_failed", "1 once a write to the ingest log failed (Ingest is refused from then on)", failed.clone());
+            (counters, log_counters, failed)
+        });
+        let resident = Gauge::default();
+        registry.register("process_resident_memory_bytes", "Resident memory of this worker process", resident.clone());
+        IoMetrics { registry, sink_gauges, sink_counters, log, resident }
     }
 
     fn render(&self, sink: Option<crate::sink::postgres::PgSinkStatus>) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(s) = sink {
-            let values = [
-                s.committed_frontier.unwrap_or(0) as i64,
-                s.pending_rows as i64,
-                s.transactions as i64,
-                s.rows_inserted as i64,
-                s.rows_deleted as i64,
-                s.retries as i64,
-                i64::from(s.stopped.is_some()),
-            ];
-            for (gauge, value) in self.sink.iter().zip(values) {
+            let gauges = [s.committed_frontier.unwrap_or(0) as i64, s.pending_rows as i64, i64::from(s.stopped.is_some())];
+            for (gauge, value) in self.sink_gauges.iter().zip(gauges) {
                 gauge.set(value);
             }
+            let totals = [s.transactions, s.rows_inserted, s.rows_deleted, s.retries];
+            for ((counter, last), total) in self.sink_counters.iter().zip(totals) {
+                let total = total as u64;
+                let before = last.swap(total, Relaxed);
+                counter.inc_by(total.saturating_sub(before));
+            }
         }
+        if let Some((counters, log_counters, failed)) = &self.log {
+            let totals = [&counters.records, &counters.syncs, &counters.bytes, &counters.deleted_segments];
+            for (counter, total) in log_counters.iter().zip(totals) {
+                let total = total.load(Relaxed);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            failed.set(i64::from(counters.failed.load(Relaxed)));
+        }
+        self.resident.set(tidemark_coordinator::metrics::resident_bytes());
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String does not fail");
         out

@@ -134,11 +134,20 @@ pub struct InProcess {
 impl InProcess {
     /// A coordinator over `addresses`.
     pub async fn start(addresses: Vec<String>, options: ServeOptions, secret: Option<String>) -> InProcess {
+        Self::start_with_metrics(addresses, options, secret, None).await
+    }
+
+    /// A coordinator over `addresses`, serving metrics on `metrics` if given.
+    pub async fn start_with_metrics(addresses: Vec<String>, options: ServeOptions, secret: Option<String>, metrics: Option<u16>) -> InProcess {
         let cluster = Cluster::connect(addresses, Duration::from_secs(60), secret).await.expect("the workers answer");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let address = listener.local_addr().expect("bound");
+        let metrics = match metrics {
+            Some(port) => Some(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the metrics port")),
+            None => None,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(tidemark_coordinator::run(listener, None, cluster.clone(), options, async move { drop(stopped.await) }));
+        let server = tokio::spawn(tidemark_coordinator::run(listener, metrics, cluster.clone(), options, async move { drop(stopped.await) }));
         InProcess { address, cluster, stop, server }
     }
 
@@ -264,6 +273,20 @@ pub fn replay(batches: &[SubscribeBatch], at: Time) -> BTreeMap<Vec<u8>, i64> {
         }
     }
     encoded(seen.into_iter().filter(|((_, t), _)| *t <= at).map(|((row, _), d)| (Row::decode(row.as_slice()).expect("encoded above"), d)))
+}
+
+/// `GET /metrics` from `port`.
+pub async fn scrape(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics port answers");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("a response");
+        response
+    })
+    .await
+    .expect("joined")
 }
 
 /// Waits until `check` holds, polling every 100 ms, failing with `what` after `limit`.
