@@ -20,6 +20,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime: glibc, libgcc and zlib (what the binary links against) come with the base.
 FROM debian:bookworm-slim
 COPY --from=build /out/tidemark /usr/local/bin/tidemark
+# The ingest log lives here (a volume: writable with a read-only root, kept by restarts).
+RUN mkdir -p /var/lib/tidemark && chown 10001:10001 /var/lib/tidemark
+ENV TIDEMARK_DATA_DIR=/var/lib/tidemark
+VOLUME /var/lib/tidemark
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
 # 6875 public gRPC, 6876 metrics of `up`, 6880 internal gRPC, 7100 timely, 9090 metrics.

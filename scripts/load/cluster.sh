@@ -87,7 +87,9 @@ start_cluster() {
     # A log left by the previous run could be read before the new process truncates it
     # (the redirection happens in the background child).
     rm -f "$TMP/worker.log" "$TMP/coordinator.log"
-    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely${WORKER_FLAGS:+ $WORKER_FLAGS}"
+    # A fresh cluster starts with an empty ingest log (a restart of $WORKER_CMD keeps it).
+    rm -rf "$TMP/data"
+    WORKER_CMD="$ENGINE worker -w $THREADS --processes 1 --listen 127.0.0.1:0 --peers 127.0.0.1:$timely --data-dir $TMP/data${WORKER_FLAGS:+ $WORKER_FLAGS}"
     # When the worker process started (wall clock, ms), for tests that time its start.
     WORKER_STARTED_MS=$(date +%s%3N)
     $WORKER_CMD >"$TMP/worker.log" 2>&1 &

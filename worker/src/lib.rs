@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod generate;
+pub mod ingest;
 pub mod kafka;
 pub mod log;
 pub mod output;

@@ -38,6 +38,8 @@ enum Command {
     Subscribe(cli::SubscribeArgs),
     /// Workers, frontiers, lag, view sizes and rejects.
     Status(cli::InfoArgs),
+    /// Send a file of JSON events (or standard input) to a running server over Ingest.
+    Ingest(tidemark_worker::ingest::IngestArgs),
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -69,5 +71,6 @@ fn run() -> anyhow::Result<()> {
         Command::Query(args) => client_runtime()?.block_on(cli::query(args)),
         Command::Subscribe(args) => client_runtime()?.block_on(cli::subscribe(args)),
         Command::Status(args) => client_runtime()?.block_on(cli::status(args)),
+        Command::Ingest(args) => client_runtime()?.block_on(tidemark_worker::ingest::run(args)),
     }
 }

@@ -270,8 +270,15 @@ fn pool_size_peer_lists_and_ports_agree() {
         let coordinator_container = &deployment["spec"]["template"]["spec"]["containers"][0];
         for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
             assert_eq!(coordinator_container[probe]["grpc"]["port"].as_u64(), Some(coordinator_ports["grpc"].into()), "{at}: coordinator {probe}");
+        }
+        for probe in ["startupProbe", "readinessProbe"] {
             assert_eq!(coordinator_container[probe]["grpc"]["service"], PUBLIC_SERVICE, "{at}: coordinator {probe}");
         }
+        // Alive while it waits for a lost worker process (it reconnects by itself).
+        assert_eq!(coordinator_container["livenessProbe"]["grpc"]["service"], "", "{at}: coordinator liveness");
+        // A worker process takes one coordinator's session at a time: a new coordinator
+        // can only connect once the old one is gone.
+        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate", "{at}: coordinator rollout");
         let public = m.get("Service", "tidemark");
         for port in seq(&public["spec"]["ports"]) {
             let target = str_of(&port["targetPort"]);
@@ -312,6 +319,12 @@ fn pool_size_peer_lists_and_ports_agree() {
                 assert!(dockerfile.exposed.contains(port), "{at}: the Dockerfile does not expose {command}'s port {port}");
             }
         }
+        // Each worker pod's ingest log is on a volume of its own that outlives the pod.
+        let data_dir = &env["TIDEMARK_DATA_DIR"];
+        let mounts = seq(&sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]);
+        let mount = mounts.iter().find(|m| str_of(&m["mountPath"]) == data_dir.as_str()).unwrap_or_else(|| panic!("{at}: {data_dir} is not mounted"));
+        let claims = seq(&sts["spec"]["volumeClaimTemplates"]);
+        assert!(claims.iter().any(|c| c["metadata"]["name"] == mount["name"]), "{at}: the data volume comes from a claim template");
         if overlay.ends_with("prod") {
             for name in ["TIDEMARK_KAFKA_BROKERS", "TIDEMARK_POSTGRES_URL", "TIDEMARK_INTERNAL_SECRET"] {
                 assert!(worker_secrets.contains(&name.to_owned()), "{at}: the workers' {name} comes from a Secret");
@@ -470,7 +483,7 @@ async fn the_dev_statefulset_plays_on_loopback() {
     assert!(!kpis.rows.is_empty(), "no KPIs from generated traffic");
 
     // One failure domain: when a worker pod dies, its peers exit (to be restarted), and
-    // the coordinator turns NOT_SERVING (its liveness probe restarts it to reconnect).
+    // the coordinator turns NOT_SERVING until the pool is back, then serves again.
     let last = replicas - 1;
     pods.0[last].kill().expect("killing a worker");
     let _ = pods.0[last].wait();
@@ -484,4 +497,13 @@ async fn the_dev_statefulset_plays_on_loopback() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_for_health(public, PUBLIC_SERVICE, ServingStatus::NotServing, Duration::from_secs(30), "the coordinator after losing a worker").await;
+    assert_eq!(health(public, "").await, Some(ServingStatus::Serving), "the coordinator stays alive (its liveness probe passes)");
+    // Kubernetes restarts the pods; the same coordinator reconnects to them.
+    for i in 0..replicas {
+        let _ = pods.0[i].kill();
+        let _ = pods.0[i].wait();
+        pods.0[i] = start_pod(worker_args, &worker_env(i));
+    }
+    wait_for_health(public, PUBLIC_SERVICE, ServingStatus::Serving, Duration::from_secs(90), "the coordinator once the pool is back").await;
+    client.query(QueryRequest { view: "kpis".into(), ..Default::default() }).await.expect("queries again");
 }
