@@ -226,6 +226,26 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         })
     };
 
+    // The frontier's lag (wall clock minus the cluster's frontier, as ListViews reports
+    // it) every 20 ms of the measured window: whether the queries hold the dataflow back.
+    let lag = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut lags = histogram();
+            tokio::time::sleep_until(measure_from.into()).await;
+            while Instant::now() < until {
+                if let Ok(views) = client.list_views(tidemark_proto::v1::ListViewsRequest {}).await {
+                    if let Some(frontier) = views.into_inner().views.first().map(|v| v.frontier) {
+                        let lag_ms = now_ms().saturating_sub(frontier);
+                        let _ = lags.record(lag_ms.max(1));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lags
+        })
+    };
+
     // Progress, once a second.
     let progress = {
         let (recorder, counters, rate) = (recorder.clone(), counters.clone(), args.ingest_rate);
@@ -302,6 +322,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         task.await.context("the ingest task failed")?;
     }
     progress.abort();
+    let lag = lag.await.context("the lag sampler failed")?;
 
     // Summary.
     let r = recorder.lock();
@@ -317,6 +338,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         eprintln!("[query] range scans: {ranges}");
     }
     eprintln!("[query] offered {} qps, achieved {achieved_qps:.1} answers/s over {} s; ok {}; errors: {}", args.qps, c.duration, r.ok, r.errors);
+    eprintln!("[query] frontier lag while querying: p50 {} ms, p99 {} ms, max {} ms ({} samples)", lag.value_at_quantile(0.5), lag.value_at_quantile(0.99), lag.max(), lag.len());
     eprintln!(
         "[query] ingest: offered {} events/s, acknowledged {achieved_ingest:.1} events/s{}; stream errors: {ingest_errors}",
         args.ingest_rate,
@@ -342,6 +364,9 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         ("ingest_achieved".to_owned(), Json::Float(achieved_ingest)),
         ("ingest_saturated".to_owned(), Json::Bool(ingest_saturated)),
         ("ingest_errors".to_owned(), ingest_errors.json()),
+        ("lag_p50_ms".to_owned(), Json::Int(lag.value_at_quantile(0.5))),
+        ("lag_p99_ms".to_owned(), Json::Int(lag.value_at_quantile(0.99))),
+        ("lag_max_ms".to_owned(), Json::Int(lag.max())),
     ]);
     println!("{}", Json::Object(fields));
     Ok(())

@@ -224,7 +224,11 @@ enum Phase {
 
 /// How long the reads (peeks and subscription starts) may run per turn of the loop, in
 /// all: a large read is spread over many turns instead of holding the dataflow back.
-const READ_SLICE: Duration = Duration::from_millis(4);
+const READ_SLICE: Duration = Duration::from_millis(2);
+/// Steps of the dataflow per turn while reads are waiting: updates pass several
+/// operators (and exchanges) on their way into the views, so one step between two slices
+/// of reads would let a long read slow every update down.
+const STEPS_BETWEEN_READS: usize = 4;
 
 /// The arrangement key under which a user's (or customer's, or card's) rows live.
 fn seek_user(values: &[Value]) -> Option<u64> {
@@ -473,8 +477,11 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
             }
         }
         let busy = inserted > 0 || !peeks.is_empty() || !pending.is_empty() || subscriptions.values().any(|s| matches!(s.phase, Phase::Starting { .. }));
+        let reading = !peeks.is_empty() || subscriptions.values().any(|s| matches!(s.phase, Phase::Starting { .. }));
         if busy {
-            worker.step();
+            for _ in 0..if reading { STEPS_BETWEEN_READS } else { 1 } {
+                worker.step();
+            }
         } else {
             // Park until the next tick at most; a command wakes the thread earlier.
             worker.step_or_park(Some(Duration::from_millis((now + tick).saturating_sub(now_ms()).max(1))));
@@ -483,8 +490,17 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
             exporter.export()?;
         }
 
-        // Reads share a slice of time per turn.
-        let deadline = Instant::now() + READ_SLICE;
+        // Reads share a slice of time per turn: a lookup by key (one arrangement key)
+        // runs whole; the other reads take turns in order, starting with a different one
+        // each turn, each with its share of the slice, so that a long scan neither holds
+        // the views back nor keeps lookups waiting.
+        let started = Instant::now();
+        let deadline = started + READ_SLICE;
+        let scans = peeks.iter().filter(|p| p.scan.seek.is_empty()).count();
+        let share = (READ_SLICE / scans.max(1) as u32).max(Duration::from_micros(500));
+        if scans > 1 {
+            peeks.rotate_left(1);
+        }
         peeks.retain_mut(|p| {
             if p.scan.as_of < since {
                 reply(ThreadReply::Peek { id: p.id, thread: local, result: Err(format!("as_of {} is below the compaction frontier {since}", p.scan.as_of)) });
@@ -494,8 +510,11 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
             if view.upper() <= p.scan.as_of {
                 return true;
             }
-            if Instant::now() < deadline {
-                view.scan(&mut p.scan, deadline);
+            let now = Instant::now();
+            if !p.scan.seek.is_empty() {
+                view.scan(&mut p.scan, now + READ_SLICE);
+            } else if now < deadline {
+                view.scan(&mut p.scan, (now + share).min(deadline));
             }
             if let Some(error) = p.scan.error.take() {
                 reply(ThreadReply::Peek { id: p.id, thread: local, result: Err(error) });
