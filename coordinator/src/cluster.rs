@@ -36,6 +36,10 @@ const COMMANDS: usize = 1024;
 pub const SUBSCRIPTION_EVENTS: usize = 1024;
 /// The longest wait between two attempts to reach a lost process.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Ingest sequences are milliseconds since the epoch with this many bits below them, and
+/// one more than the last: increasing across restarts of the coordinator, as long as its
+/// clock does not go back and it takes fewer than 16 requests a millisecond on average.
+const SEQUENCE_BITS: u32 = 4;
 
 /// The one place where a worker's failure becomes the status a client sees.
 pub fn worker_error(kind: i32, message: String) -> Status {
@@ -122,6 +126,8 @@ struct State {
     subscriptions: HashMap<u64, mpsc::Sender<SubscriptionEvent>>,
     ingests: HashMap<u64, (usize, oneshot::Sender<Result<wire::IngestAck, Status>>)>,
     statuses: HashMap<u64, StatusWait>,
+    /// The last Ingest sequence given.
+    sequence: u64,
 }
 
 /// The cluster of worker processes.
@@ -559,22 +565,22 @@ impl Cluster {
         }
     }
 
-    /// Sends events to a connected process; resolves with its acknowledgement.
+    /// Sends events to process 0 (which takes every Ingest, in the order of the sequence
+    /// given here); resolves with its acknowledgement.
     pub async fn ingest(&self, events: Vec<Vec<u8>>) -> Result<wire::IngestAck, Status> {
         let id = self.next_id();
-        let process = {
-            let state = self.lock();
-            let connected: Vec<usize> = (0..state.parts.len()).filter(|p| state.parts[*p].commands.is_some()).collect();
-            if connected.is_empty() {
-                return Err(Status::unavailable("no worker process is connected"));
-            }
-            connected[id as usize % connected.len()]
-        };
         let (done, ack) = oneshot::channel();
-        self.lock().ingests.insert(id, (process, done));
-        if let Err(e) = self.send(process, Cmd::Ingest(wire::Ingest { id, events })) {
-            self.lock().ingests.remove(&id);
-            return Err(e);
+        {
+            // The sequence is taken and the command queued under one lock, so that
+            // requests reach the process in sequence order.
+            let mut state = self.lock();
+            let sequence = (crate::now_ms() << SEQUENCE_BITS).max(state.sequence + 1);
+            state.sequence = sequence;
+            let commands = state.parts[0].commands.clone().ok_or_else(|| Status::unavailable("worker process 0 is not connected; it is being reconnected"))?;
+            commands
+                .try_send(wire::Command { command: Some(Cmd::Ingest(wire::Ingest { id, events, sequence })) })
+                .map_err(|e| Status::unavailable(format!("worker process 0 cannot take commands: {e}")))?;
+            state.ingests.insert(id, (0, done));
         }
         ack.await.map_err(|_| Status::unavailable("a worker process went away during ingest"))?
     }

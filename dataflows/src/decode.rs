@@ -365,160 +365,251 @@ fn to_micro_degrees(value: Option<f64>, limit: f64, field: &str) -> Result<Optio
     }
 }
 
-/// An identifier given as a JSON string or integer.
-struct Id<'a>(Cow<'a, str>);
+/// A JSON value as it was written: what ids and amounts are read from, so that an id
+/// keeps the exact digits of an integer of any size and an amount too large for a float
+/// is an amount out of range, not a parse error.
+type Raw<'a> = &'a serde_json::value::RawValue;
 
-impl<'de: 'a, 'a> Deserialize<'de> for Id<'a> {
+/// An identifier (a JSON string, or an integer taken by its decimal digits): `None` for
+/// an empty string; `Err` for any other JSON value.
+fn id_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?;
+        return Ok((!s.is_empty()).then(|| Text::from(s.as_ref())));
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // An integer is its decimal value: `-0` is `0`.
+        let canonical = if digits.bytes().all(|b| b == b'0') { "0" } else { text };
+        return Ok(Some(Text::from(canonical)));
+    }
+    if text == "null" {
+        return Ok(None);
+    }
+    Err(Invalid(RejectReason::BadType, format!("{field} must be a string or an integer, not {}", shorten(text))))
+}
+
+/// A text field: `None` for an absent, null or empty string; `Err` for another type.
+fn text_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.get() {
+        "null" => Ok(None),
+        text if text.starts_with('"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?;
+            Ok((!s.is_empty()).then(|| Text::from(s.as_ref())))
+        }
+        text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
+    }
+}
+
+/// A number field read from its literal (`None` if absent or null): a number too large
+/// for a float reads as infinite, which amounts reject as out of range.
+fn number_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<f64>, Invalid> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    let first = text.bytes().next().unwrap_or(b' ');
+    if !(first == b'-' || first.is_ascii_digit()) {
+        return Err(Invalid(RejectReason::BadType, format!("{field} must be a number, not {}", shorten(text))));
+    }
+    text.parse::<f64>().map(Some).map_err(|_| Invalid(RejectReason::BadType, format!("{field} {} is not a number", shorten(text))))
+}
+
+/// The first bytes of a value, for a detail.
+fn shorten(text: &str) -> String {
+    let cut = crate::decode::truncate_at_char(text, 40);
+    if cut.len() < text.len() { format!("{cut}...") } else { cut.to_owned() }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn truncate_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A nested object (`utm`, `device`, `geo`): a JSON object only, never an array (serde
+/// would otherwise read a struct from an array by position).
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl<'de> serde::de::Visitor<'de> for IdVisitor {
-            type Value = Id<'de>;
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an integer")
+                f.write_str("a JSON object")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_owned())))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_string())))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Id(Cow::Owned(v.to_string())))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
             }
         }
-        deserializer.deserialize_any(IdVisitor)
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
     }
 }
 
 #[derive(Deserialize)]
 struct WireUtm<'a> {
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<Raw<'a>>,
     #[serde(borrow)]
-    medium: Option<Cow<'a, str>>,
+    medium: Option<Raw<'a>>,
     #[serde(borrow)]
-    campaign: Option<Cow<'a, str>>,
+    campaign: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
 struct WireDevice<'a> {
     #[serde(borrow)]
-    os: Option<Cow<'a, str>>,
+    os: Option<Raw<'a>>,
     mobile: Option<bool>,
     #[serde(borrow)]
-    device_id: Option<Id<'a>>,
+    device_id: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
 struct WireGeo<'a> {
     #[serde(borrow)]
-    country: Option<Cow<'a, str>>,
+    country: Option<Raw<'a>>,
     #[serde(borrow)]
-    city: Option<Cow<'a, str>>,
-    lat: Option<f64>,
-    lon: Option<f64>,
+    city: Option<Raw<'a>>,
+    #[serde(borrow)]
+    lat: Option<Raw<'a>>,
+    #[serde(borrow)]
+    lon: Option<Raw<'a>>,
 }
 
 #[derive(Deserialize)]
 struct WireEvent<'a> {
     #[serde(borrow)]
-    event_id: Option<Id<'a>>,
+    event_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    event_type: Option<Cow<'a, str>>,
+    event_type: Option<Raw<'a>>,
     #[serde(borrow)]
-    event_ts: Option<Cow<'a, str>>,
+    event_ts: Option<Raw<'a>>,
     #[serde(borrow)]
-    user_id: Option<Id<'a>>,
+    user_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    session_id: Option<Id<'a>>,
+    session_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    product_id: Option<Id<'a>>,
+    product_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    category: Option<Cow<'a, str>>,
-    price: Option<f64>,
+    category: Option<Raw<'a>>,
+    #[serde(borrow)]
+    price: Option<Raw<'a>>,
     quantity: Option<u32>,
     #[serde(borrow)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Raw<'a>>,
     #[serde(borrow)]
-    order_id: Option<Id<'a>>,
+    order_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    utm: Option<WireUtm<'a>>,
+    utm: Option<Object<WireUtm<'a>>>,
     #[serde(borrow)]
-    device: Option<WireDevice<'a>>,
+    device: Option<Object<WireDevice<'a>>>,
     #[serde(borrow)]
-    geo: Option<WireGeo<'a>>,
+    geo: Option<Object<WireGeo<'a>>>,
     #[serde(borrow)]
-    ip: Option<Cow<'a, str>>,
+    ip: Option<Raw<'a>>,
     #[serde(borrow)]
-    card_id: Option<Id<'a>>,
+    card_id: Option<Raw<'a>>,
     #[serde(borrow)]
-    billing_country: Option<Cow<'a, str>>,
+    billing_country: Option<Raw<'a>>,
     #[serde(borrow)]
-    retracts: Option<Id<'a>>,
+    retracts: Option<Raw<'a>>,
 }
 
-fn own(v: Option<Cow<'_, str>>) -> Option<Text> {
-    v.map(|c| Text::from(c.as_ref()))
-}
-
-fn own_id(v: Option<Id<'_>>) -> Option<Text> {
-    v.map(|id| Text::from(id.0.as_ref()))
-}
-
+/// A JSON record as an [`Event`]. Which reason a record with several faults gets, in
+/// order: not UTF-8, not a JSON object, or not JSON (`malformed`); a field of the wrong
+/// JSON type (`bad_type`; of several, the first in the record); `event_id`,
+/// `event_type`, `event_ts`, `user_id` absent, null or empty (`missing_field`, in that
+/// order); an unknown `event_type`; an `event_ts` that is not an RFC 3339 time
+/// (`timestamp_out_of_range`); then the amount and coordinates, and [`validate`]'s
+/// checks.
 fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
-    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| Invalid(RejectReason::Malformed, format!("the record is not UTF-8 (byte {})", e.valid_up_to())))?;
+    if !text.trim_start().starts_with('{') {
+        let start = shorten(text.trim_start());
+        return Err(Invalid(RejectReason::Malformed, format!("a record is a JSON object, not {start:?}")));
+    }
+    let wire: WireEvent<'_> = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => RejectReason::BadType,
             _ => RejectReason::Malformed,
         };
         Invalid(reason, e.to_string())
     })?;
-    let event_id = wire.event_id.ok_or_else(|| Invalid::missing("event_id"))?.0;
-    let type_name = wire.event_type.ok_or_else(|| Invalid::missing("event_type"))?;
-    let ts_text = wire.event_ts.ok_or_else(|| Invalid::missing("event_ts"))?;
-    let user_id = wire.user_id.ok_or_else(|| Invalid::missing("user_id"))?.0;
-    if event_id.is_empty() {
-        return Err(Invalid::missing("event_id"));
-    }
-    if user_id.is_empty() {
-        return Err(Invalid::missing("user_id"));
-    }
-    let event_type = EventType::from_name(&type_name)
-        .ok_or_else(|| Invalid(RejectReason::UnknownEventType, format!("unknown event_type {type_name:?}")))?;
-    let event_ts = parse_timestamp(&ts_text)
-        .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {ts_text:?} is not an RFC 3339 time")))?;
-    let price_cents = wire.price.map(|p| to_cents(p, "price")).transpose()?;
-    let geo = match wire.geo {
+    let event_id = id_of(wire.event_id, "event_id")?;
+    let type_name = text_of(wire.event_type, "event_type")?;
+    let ts_text = text_of(wire.event_ts, "event_ts")?;
+    let user_id = id_of(wire.user_id, "user_id")?;
+    let session_id = id_of(wire.session_id, "session_id")?;
+    let product_id = id_of(wire.product_id, "product_id")?;
+    let category = text_of(wire.category, "category")?;
+    let price = number_of(wire.price, "price")?;
+    let currency = text_of(wire.currency, "currency")?;
+    let order_id = id_of(wire.order_id, "order_id")?;
+    let utm = match wire.utm {
         None => None,
-        Some(g) => Some(Geo {
-            country: own(g.country),
-            city: own(g.city),
-            lat_e6: to_micro_degrees(g.lat, 90.0, "geo.lat")?,
-            lon_e6: to_micro_degrees(g.lon, 180.0, "geo.lon")?,
+        Some(Object(u)) => Some(Utm { source: text_of(u.source, "utm.source")?, medium: text_of(u.medium, "utm.medium")?, campaign: text_of(u.campaign, "utm.campaign")? }),
+    };
+    let device = match wire.device {
+        None => None,
+        Some(Object(d)) => Some(Device { os: text_of(d.os, "device.os")?, mobile: d.mobile, device_id: id_of(d.device_id, "device.device_id")? }),
+    };
+    let geo_wire = match wire.geo {
+        None => None,
+        Some(Object(g)) => Some((text_of(g.country, "geo.country")?, text_of(g.city, "geo.city")?, number_of(g.lat, "geo.lat")?, number_of(g.lon, "geo.lon")?)),
+    };
+    let ip = text_of(wire.ip, "ip")?;
+    let card_id = id_of(wire.card_id, "card_id")?;
+    let billing_country = text_of(wire.billing_country, "billing_country")?;
+    let retracts = id_of(wire.retracts, "retracts")?;
+    let event_id = event_id.ok_or_else(|| Invalid::missing("event_id"))?;
+    let type_name = type_name.ok_or_else(|| Invalid::missing("event_type"))?;
+    let ts_text = ts_text.ok_or_else(|| Invalid::missing("event_ts"))?;
+    let user_id = user_id.ok_or_else(|| Invalid::missing("user_id"))?;
+    let event_type = EventType::from_name(&type_name)
+        .ok_or_else(|| Invalid(RejectReason::UnknownEventType, format!("unknown event_type {:?}", shorten(&type_name))))?;
+    let event_ts = parse_timestamp(&ts_text)
+        .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {:?} is not an RFC 3339 time", shorten(&ts_text))))?;
+    let price_cents = price.map(|p| to_cents(p, "price")).transpose()?;
+    let geo = match geo_wire {
+        None => None,
+        Some((country, city, lat, lon)) => Some(Geo {
+            country,
+            city,
+            lat_e6: to_micro_degrees(lat, 90.0, "geo.lat")?,
+            lon_e6: to_micro_degrees(lon, 180.0, "geo.lon")?,
         }),
     };
     Ok(Event {
         event_ts,
-        event_id: Text::from(event_id.as_ref()),
+        event_id,
         event_type,
-        user_id: Text::from(user_id.as_ref()),
-        session_id: own_id(wire.session_id).filter(|s| !s.is_empty()),
-        product_id: own_id(wire.product_id),
-        category: own(wire.category).filter(|c| !c.is_empty()),
+        user_id,
+        session_id,
+        product_id,
+        category,
         price_cents,
         quantity: wire.quantity.unwrap_or(1),
-        currency: own(wire.currency),
-        order_id: own_id(wire.order_id),
-        utm: wire.utm.map(|u| Utm { source: own(u.source), medium: own(u.medium), campaign: own(u.campaign) }),
-        device: wire.device.map(|d| Device { os: own(d.os), mobile: d.mobile, device_id: own_id(d.device_id) }),
+        currency,
+        order_id,
+        utm,
+        device,
         geo,
-        ip: own(wire.ip),
-        card_id: own_id(wire.card_id),
-        billing_country: own(wire.billing_country),
-        retracts: own_id(wire.retracts),
+        ip,
+        card_id,
+        billing_country,
+        retracts,
     })
 }
 
@@ -605,6 +696,83 @@ mod tests {
     }
 
     const OK: &str = r#"{"event_id":"e1","event_type":"purchase","event_ts":"2023-11-14T22:13:20Z","user_id":42,"price":19.99,"quantity":2,"geo":{"country":"DE","lat":52.52,"lon":13.405},"utm":{"source":"google"}}"#;
+
+    fn with(field: &str) -> String {
+        format!(r#"{{"event_id":"e","event_type":"page_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u",{field}}}"#)
+    }
+
+    /// What is not a JSON object is malformed, whatever JSON it is; invalid UTF-8 anywhere
+    /// in a record is malformed too, even in a field no one reads.
+    #[test]
+    fn only_objects_are_events() {
+        for text in ["[]", "42", "null", "\"s\"", "[1,2", "  [\"e\",\"page_view\"]", "", "{\"event_id\": \"broken"] {
+            assert_eq!(reason(text), RejectReason::Malformed, "{text:?}");
+        }
+        let eighteen: Vec<String> = (0..18).map(|i| format!("\"f{i}\"")).collect();
+        assert_eq!(reason(&format!("[{}]", eighteen.join(","))), RejectReason::Malformed, "an array is not an event");
+        let mut bytes = with(r#""note":"x""#).into_bytes();
+        let at = bytes.iter().position(|b| *b == b'x').unwrap();
+        bytes[at] = 0xff;
+        let err = decode(&RawRecord::json(1, bytes), T, &DecodeConfig::default()).expect_err("not UTF-8");
+        assert_eq!(err.reason, RejectReason::Malformed);
+        for nested in [r#""geo":["FR","Paris"]"#, r#""utm":["google"]"#, r#""device":[1]"#, r#""geo":"FR""#] {
+            assert_eq!(reason(&with(nested)), RejectReason::BadType, "{nested}");
+        }
+    }
+
+    /// Ids are strings or integers, by the integer's decimal value whatever its size; any
+    /// other JSON value is a bad type. Empty optional strings are absent.
+    #[test]
+    fn ids_are_strings_or_integers() {
+        let e = json(&OK.replace("\"user_id\":42", "\"user_id\":18446744073709551616")).expect("a large integer id");
+        assert_eq!(&*e.user_id, "18446744073709551616");
+        let e = json(&OK.replace("\"event_id\":\"e1\"", "\"event_id\":-0")).expect("-0 is an integer");
+        assert_eq!(&*e.event_id, "0");
+        for field in ["session_id", "order_id", "product_id", "card_id", "retracts"] {
+            let e = json(&with(&format!("\"{field}\":123"))).expect("an integer id");
+            let got = match field {
+                "session_id" => e.session_id,
+                "order_id" => e.order_id,
+                "product_id" => e.product_id,
+                "card_id" => e.card_id,
+                _ => e.retracts,
+            };
+            assert_eq!(got.as_deref(), Some("123"), "{field}");
+            assert_eq!(reason(&with(&format!("\"{field}\":1.5"))), RejectReason::BadType, "{field} 1.5");
+            assert_eq!(reason(&with(&format!("\"{field}\":true"))), RejectReason::BadType, "{field} true");
+        }
+        assert_eq!(reason(&OK.replace("\"user_id\":42", "\"user_id\":[42]")), RejectReason::BadType);
+        let e = json(&with(r#""category":"","session_id":"","currency":"""#)).expect("empty optional strings");
+        assert!(e.category.is_none() && e.session_id.is_none() && e.currency.is_none());
+        let product_view = r#"{"event_id":"e","event_type":"product_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u","product_id":""}"#;
+        assert_eq!(reason(product_view), RejectReason::MissingField, "an empty product_id is none");
+        let retraction = r#"{"event_id":"e","event_type":"retraction","event_ts":"2023-11-14T22:13:20Z","user_id":"u","retracts":""}"#;
+        assert_eq!(reason(retraction), RejectReason::MissingField, "an empty retracts is none");
+        assert_eq!(reason(&OK.replace("\"user_id\":42", "\"user_id\":\"\"")), RejectReason::MissingField);
+    }
+
+    /// Amounts too large for a float are out of range, not unreadable; cents round half
+    /// away from zero on the float's binary value.
+    #[test]
+    fn amounts_and_their_boundaries() {
+        assert_eq!(reason(&OK.replace("19.99", "1e400")), RejectReason::BadAmount);
+        assert_eq!(reason(&OK.replace("19.99", "-0.01")), RejectReason::BadAmount);
+        assert_eq!(reason(&OK.replace("19.99", "\"19.99\"")), RejectReason::BadType);
+        let e = json(&OK.replace("19.99", "1.005").replace("\"quantity\":2", "\"quantity\":1")).expect("valid");
+        assert_eq!(e.price_cents, Some(100), "1.005 is 1.00499999999999989... as a float");
+        let e = json(&OK.replace("19.99", "0.125")).expect("valid");
+        assert_eq!(e.price_cents, Some(13), "half away from zero");
+    }
+
+    /// `too_late` starts exactly at event time plus retention.
+    #[test]
+    fn the_retention_boundary() {
+        let config = DecodeConfig { retention_ms: 3_600_000, ..DecodeConfig::default() };
+        let at = |ingest: Time| decode(&RawRecord::json(1, with("\"x\":0")), ingest, &config).map(|_| ()).map_err(|r| r.reason);
+        let ts = 1_700_000_000_000u64;
+        assert_eq!(at(ts + 3_600_000), Err(RejectReason::TooLate));
+        assert_eq!(at(ts + 3_599_999), Ok(()));
+    }
 
     #[test]
     fn accepts_a_full_event() {

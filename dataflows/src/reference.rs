@@ -49,44 +49,58 @@ impl Reference {
         Reference { arrivals, rejects, config: config.clone(), models: std::sync::OnceLock::new() }
     }
 
-    /// The valid events at `t` (live, first delivery of their id, not cancelled, not a
+    /// Every delivery ingested by `t`, in arrival order, with its fate: kept (with its
+    /// expiry) or a duplicate. A delivery is a duplicate if a kept delivery of its id is
+    /// live when it arrives; its fate never changes.
+    fn fates(&self, t: Time) -> Vec<(&(Time, u64, Event), Option<Time>)> {
+        let mut live: BTreeMap<&str, Time> = BTreeMap::new();
+        let mut out = Vec::new();
+        for arrival in self.arrivals.iter().take_while(|(ingest, _, _)| *ingest <= t) {
+            let (ingest, _, event) = arrival;
+            if live.get(&*event.event_id).is_some_and(|expiry| ingest < expiry) {
+                out.push((arrival, None));
+            } else {
+                let expiry = self.config.expiry(event.event_ts).max(ingest + 1);
+                live.insert(&event.event_id, expiry);
+                out.push((arrival, Some(expiry)));
+            }
+        }
+        out
+    }
+
+    /// The valid events at `t` (kept, live, not removed by a cancellation, not a
     /// retraction), and the rejects live at `t` (duplicates included).
     fn valid_at(&self, t: Time) -> (Vec<&Event>, Vec<Reject>) {
         let config = &self.config;
-        let arrivals: Vec<&(Time, u64, Event)> =
-            self.arrivals.iter().filter(|(ingest, _, e)| *ingest <= t && t < config.expiry(e.event_ts)).collect();
+        let fates = self.fates(t);
         let mut rejects: Vec<Reject> =
             self.rejects.iter().filter(|r| r.ingest_time <= t && t < config.reject_expiry(r.ingest_time)).cloned().collect();
-        let cancelled: BTreeSet<&str> = arrivals.iter().filter_map(|(_, _, e)| e.retracts.as_deref()).collect();
-        let mut seen: BTreeSet<&str> = BTreeSet::new();
-        let mut valid: Vec<&Event> = Vec::new();
-        for (ingest, position, event) in arrivals {
-            if seen.insert(&event.event_id) {
-                if !cancelled.contains(&*event.event_id) && event.event_type != EventType::Retraction {
-                    valid.push(event);
-                }
-            } else {
+        for ((ingest, position, event), fate) in &fates {
+            if fate.is_none() && t < config.reject_expiry(*ingest) {
                 rejects.push(duplicate_reject(*ingest, *position, event));
             }
         }
+        // Kept deliveries: (ingest, position, event, expiry).
+        let kept: Vec<(Time, u64, &Event, Time)> = fates.iter().filter_map(|((i, p, e), f)| f.map(|x| (*i, *p, e, x))).collect();
+        let removed = removed_by_cancellations(&kept);
+        let valid = kept
+            .iter()
+            .enumerate()
+            .filter(|(n, (ingest, _, event, expiry))| *ingest <= t && t < *expiry && !removed[*n] && event.event_type != EventType::Retraction)
+            .map(|(_, (_, _, event, _))| *event)
+            .collect();
         (valid, rejects)
     }
 
     /// Every reject that arose at times `<= t`, with all its bytes, once: what a
     /// dead-letter file or topic holds. A decoding reject arises with its record, a
-    /// duplicate with the delivery that repeats a live one.
+    /// duplicate with its delivery.
     pub fn rejects_arisen(&self, t: Time) -> Vec<Reject> {
-        let config = &self.config;
         let mut arisen: Vec<Reject> = self.rejects.iter().filter(|r| r.ingest_time <= t).cloned().collect();
-        let mut by_id: BTreeMap<&str, Vec<&(Time, u64, Event)>> = BTreeMap::new();
-        for arrival in self.arrivals.iter().filter(|(ingest, _, _)| *ingest <= t) {
-            let (ingest, position, event) = arrival;
-            let earlier = by_id.entry(&event.event_id).or_default();
-            // A duplicate at its arrival: an earlier delivery of its id is live then.
-            if earlier.iter().any(|(_, _, e)| *ingest < config.expiry(e.event_ts)) {
+        for ((ingest, position, event), fate) in self.fates(t) {
+            if fate.is_none() {
                 arisen.push(duplicate_reject(*ingest, *position, event));
             }
-            earlier.push(arrival);
         }
         arisen
     }
@@ -280,6 +294,58 @@ impl Reference {
     }
 }
 
+/// Which kept deliveries (`(ingest, position, event, expiry)`, in arrival order) the
+/// cancellations among them remove, written out plainly: each canceller's target is the
+/// kept delivery of the id it names that is live when it arrives, else the first to
+/// arrive while it is live; in each loop of cancellations the one that arrived last is
+/// void; a delivery is removed when a canceller bound to it (and not void) is not
+/// removed itself.
+fn removed_by_cancellations(kept: &[(Time, u64, &Event, Time)]) -> Vec<bool> {
+    let n = kept.len();
+    let mut target: Vec<Option<usize>> = vec![None; n];
+    for (c, (ingest, _, event, expiry)) in kept.iter().enumerate() {
+        let Some(y) = event.retracts.as_deref() else { continue };
+        let of_y = || kept.iter().enumerate().filter(|(_, (_, _, e, _))| &*e.event_id == y);
+        let live = of_y().find(|(_, (i, _, _, x))| i <= ingest && ingest < x).map(|(k, _)| k);
+        let later = || of_y().filter(|(_, (i, _, _, _))| ingest < i && i < expiry).min_by_key(|(_, (i, p, _, _))| (*i, *p)).map(|(k, _)| k);
+        target[c] = live.or_else(later);
+    }
+    // Loops: following targets from a delivery comes back to it.
+    let mut void = vec![false; n];
+    for start in 0..n {
+        let mut path = vec![start];
+        let mut at = target[start];
+        while let Some(k) = at {
+            if k == start {
+                let latest = *path.iter().max_by_key(|m| (kept[**m].0, kept[**m].1, &kept[**m].2.event_id)).expect("not empty");
+                void[latest] = true;
+                break;
+            }
+            if path.contains(&k) || path.len() > n {
+                break;
+            }
+            path.push(k);
+            at = target[k];
+        }
+    }
+    let mut cancellers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (c, t) in target.iter().enumerate() {
+        if let (Some(t), false) = (t, void[c]) {
+            cancellers[*t].push(c);
+        }
+    }
+    fn removed(k: usize, cancellers: &[Vec<usize>], memo: &mut [Option<bool>]) -> bool {
+        if let Some(r) = memo[k] {
+            return r;
+        }
+        let r = cancellers[k].iter().any(|c| !removed(*c, cancellers, memo));
+        memo[k] = Some(r);
+        r
+    }
+    let mut memo = vec![None; n];
+    (0..n).map(|k| removed(k, &cancellers, &mut memo)).collect()
+}
+
 /// `customer_rfm` rows of the valid events, written out plainly: orders net of refunds,
 /// dated by their first purchase line; fully refunded orders and (with a fixed evaluation
 /// day) later orders dropped; one transaction per customer and day; quintile cut points by
@@ -400,13 +466,13 @@ fn sessions(valid: &[&Event]) -> Vec<SessionRow> {
     for ((user, session_id), mut events) in groups {
         events.sort_by(|a, b| (a.event_ts, a.event_type, &a.event_id).cmp(&(b.event_ts, b.event_type, &b.event_id)));
         match session_id {
-            Some(id) => out.push(session_row(user, id.to_owned(), &events)),
+            Some(id) => out.push(session_row(user, id.to_owned(), false, &events)),
             None => {
                 let mut start = 0;
                 for i in 1..=events.len() {
                     if i == events.len() || events[i].event_ts - events[i - 1].event_ts > 30 * 60 * 1000 {
                         let name = format!("derived:{}", events[start].event_ts);
-                        out.push(session_row(user, name, &events[start..i]));
+                        out.push(session_row(user, name, true, &events[start..i]));
                         start = i;
                     }
                 }
@@ -416,7 +482,7 @@ fn sessions(valid: &[&Event]) -> Vec<SessionRow> {
     out
 }
 
-fn session_row(user: &str, session_id: String, events: &[&Event]) -> SessionRow {
+fn session_row(user: &str, session_id: String, derived: bool, events: &[&Event]) -> SessionRow {
     let count = |t: EventType| events.iter().filter(|e| e.event_type == t).count() as u64;
     let purchases: Vec<&&Event> = events.iter().filter(|e| e.event_type == EventType::Purchase).collect();
     let first_of = |f: &dyn Fn(&Event) -> Option<Text>| events.iter().find_map(|e| f(e));
@@ -441,6 +507,7 @@ fn session_row(user: &str, session_id: String, events: &[&Event]) -> SessionRow 
     SessionRow {
         user_id: Text::from(user),
         session_id: Text::from(session_id),
+        derived,
         start_ts: events.iter().map(|e| e.event_ts).min().expect("sessions have events"),
         end_ts: events.iter().map(|e| e.event_ts).max().expect("sessions have events"),
         events: events.len() as u64,

@@ -39,8 +39,11 @@ thread_local! {
 pub struct SessionRow {
     /// The user.
     pub user_id: Text,
-    /// The shop's session id, or `derived:<start ms>`.
+    /// The shop's session id, or `derived:<start ms>` for a derived one.
     pub session_id: Text,
+    /// Whether the session was derived (split by inactivity) rather than given by the
+    /// shop: part of the key, so that no shop id can name a derived session.
+    pub derived: bool,
     /// Event time of the first event.
     pub start_ts: Millis,
     /// Event time of the last event.
@@ -185,16 +188,17 @@ pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
             },
         }
     }
-    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, Text::from(id), &group)).collect();
-    rows.extend(derived.into_iter().map(|group| summarize(user, Text::from(format!("derived:{}", group[0].event_ts)), &group)));
+    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, Text::from(id), false, &group)).collect();
+    rows.extend(derived.into_iter().map(|group| summarize(user, Text::from(format!("derived:{}", group[0].event_ts)), true, &group)));
     rows
 }
 
-fn summarize(user_id: &Text, session_id: Text, events: &[&SessionEvent]) -> SessionRow {
+fn summarize(user_id: &Text, session_id: Text, derived: bool, events: &[&SessionEvent]) -> SessionRow {
     let first = |f: fn(&Event) -> Option<&Text>| events.iter().find_map(|e| f(&e.event).cloned());
     let mut row = SessionRow {
         user_id: user_id.clone(),
         session_id,
+        derived,
         start_ts: events[0].event_ts,
         end_ts: events[events.len() - 1].event_ts,
         events: events.len() as u64,

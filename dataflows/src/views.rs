@@ -50,7 +50,7 @@ use std::collections::BTreeMap;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
@@ -59,7 +59,9 @@ use timely::dataflow::Stream;
 use crate::clv::dataflow::ClvViews;
 use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
 use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
-use crate::decode::{decode, duplicate_reject, DecodeConfig, RawRecord, Reject, RejectReason};
+use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
+use crate::operators::cancel::{bind, resolve};
+use crate::operators::dedup::{Dedup, Delivery};
 use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
 use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
@@ -109,35 +111,6 @@ impl ViewConfig {
     pub fn reject_expiry(&self, ingest: Time) -> Time {
         tick_ceil(ingest.saturating_add(self.decode.retention_ms), self.tick_ms)
     }
-}
-
-/// An accepted event with the facts that decide which delivery of an id is kept.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Arrival {
-    /// Ingestion time of this delivery.
-    pub ingest: Time,
-    /// Position of the record in its source.
-    pub position: u64,
-    /// The event (shared: arrangements clone it on every merge).
-    pub event: Arc<Event>,
-}
-
-/// What the dedup reduce sees under one `event_id`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Entry {
-    /// A live event retracts the event with this id.
-    Cancel(Arc<str>),
-    /// A delivery of the keyed event.
-    Delivery(Arrival),
-}
-
-/// What the dedup reduce says about one `event_id`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum Outcome {
-    /// The event is valid: it flows into the views.
-    Keep(Arc<Event>),
-    /// A delivery that repeats an id already kept.
-    Duplicate(Arrival),
 }
 
 /// A row of any view, tagged with its view: what tests and output files compare.
@@ -490,22 +463,22 @@ impl<'scope> PartViews<'scope> {
 /// [`build`] builds them, and no others.
 pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig, parts: &[Part]) -> PartViews<'scope> {
     let with = |part: Part| parts.iter().any(|p| *p == part || p.needs().contains(&part));
-    let (arrivals, rejects) = decode_and_expire(records, config);
+    let (deliveries, rejects) = decode_and_expire(records, config);
 
-    let outcomes = arrivals
-        .flat_map(|a: Arrival| {
-            let cancel = a.event.retracts.as_deref().map(|target| (key_of(target), Entry::Cancel(Arc::from(target))));
-            cancel.into_iter().chain(Some((key_of(&a.event.event_id), Entry::Delivery(a))))
-        })
-        .reduce_named("Reduce: dedup and retract by event_id", dedup);
-    let events = outcomes.clone().flat_map(|(_, o)| match o {
-        Outcome::Keep(e) => Some(e),
-        Outcome::Duplicate(_) => None,
-    });
-    let duplicates = outcomes.flat_map(|(_, o)| match o {
-        Outcome::Duplicate(a) => Some(duplicate_reject(a.ingest, a.position, &a.event)),
-        Outcome::Keep(_) => None,
-    });
+    // Dedup decides each delivery's fate at its arrival; cancellations bind to their
+    // targets by id, and one resolver works out which kept deliveries they remove.
+    let cfg = config.clone();
+    let (kept, duplicates): (Updates<'scope, Delivery>, Updates<'scope, Reject>) =
+        deliveries.dedup(move |t| cfg.reject_expiry(t)).ok_err(|(outcome, time, diff)| match outcome {
+            Ok(d) => Ok((d, time, diff)),
+            Err(r) => Err((r, time, diff)),
+        });
+    let arrived = kept.clone().flat_map(|(d, t, r)| (r > 0).then_some((d, t, r)));
+    let announced = arrived.clone().flat_map(|(d, t, r)| d.event.retracts.clone().map(|target| ((target, d), t, r)));
+    let corrections = resolve(bind(arrived, announced));
+    let valid = kept.flat_map(|(d, t, r)| (d.event.event_type != EventType::Retraction).then(|| (d.event, t, r))).concat(corrections);
+    let events = hold_future(valid, "Expire: events after retention").as_collection();
+    let duplicates = hold_future(duplicates, "Expire: duplicates after retention").as_collection();
 
     let sessions = with(Part::Sessions).then(|| {
         let by_user = arrange_routed(events.clone().map(|e| (key_of(&e.user_id), SessionEvent::from(&e))), "Arrange: events by user");
@@ -575,30 +548,22 @@ where
 
 /// Decodes records where they were read, and gives every accepted event and every reject
 /// its expiry as a future retraction.
-fn decode_and_expire<'scope>(
-    records: VecCollection<'scope, Time, RawRecord>,
-    config: &ViewConfig,
-) -> (VecCollection<'scope, Time, Arrival>, VecCollection<'scope, Time, Reject>) {
-    let decode_config = config.decode.clone();
-    let (oks, errs): (Updates<'scope, Arrival>, Updates<'scope, Reject>) =
-        records.inner.ok_err(move |(record, time, diff)| match decode(&record, time, &decode_config) {
-            Ok(event) => Ok((Arrival { ingest: time, position: record.position, event: Arc::new(event) }, time, diff)),
+fn decode_and_expire<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig) -> (Updates<'scope, Delivery>, VecCollection<'scope, Time, Reject>) {
+    let cfg = config.clone();
+    let (deliveries, errs): (Updates<'scope, Delivery>, Updates<'scope, Reject>) =
+        records.inner.ok_err(move |(record, time, diff)| match decode(&record, time, &cfg.decode) {
+            Ok(event) => {
+                let expiry = cfg.expiry(event.event_ts).max(time + 1);
+                Ok((Delivery { ingest: time, position: record.position, expiry, event: Arc::new(event) }, time, diff))
+            }
             Err(reject) => Err((reject, time, diff)),
         });
-    let cfg = config.clone();
-    let arrivals = oks.flat_map(move |(a, time, diff)| {
-        let expiry = cfg.expiry(a.event.event_ts).max(time);
-        [(a.clone(), time, diff), (a, expiry, -diff)]
-    });
     let cfg = config.clone();
     let rejects = errs.flat_map(move |(r, time, diff)| {
         let expiry = cfg.reject_expiry(time);
         [(r.clone(), time, diff), (r, expiry, -diff)]
     });
-    (
-        hold_future(arrivals, "Expire: events after retention").as_collection(),
-        hold_future(rejects, "Expire: rejects after retention").as_collection(),
-    )
+    (deliveries, hold_future(rejects, "Expire: rejects after retention").as_collection())
 }
 
 /// A stream of differential updates at ingestion times.
@@ -676,43 +641,26 @@ impl<D> Pending<D> {
         Some((cap, time, updates))
     }
 
+    /// The earliest stashed time, if any.
+    pub(crate) fn first_time(&self) -> Option<Time> {
+        self.by_time.keys().next().copied()
+    }
+
+    /// The updates stashed at exactly `time`, with a capability for it (none stashed: no
+    /// capability and nothing).
+    pub(crate) fn pop_at(&mut self, time: Time) -> (Option<Capability<Time>>, Vec<D>) {
+        match self.by_time.remove(&time) {
+            Some(updates) => (Some(self.held.as_ref().expect("a capability is held while updates are stashed").delayed(&time)), updates),
+            None => (None, Vec::new()),
+        }
+    }
+
     /// Moves the held capability to the earliest stashed time, or drops it (call after
     /// popping).
     pub(crate) fn settle(&mut self) {
         match (self.by_time.keys().next(), &mut self.held) {
             (Some(first), Some(h)) => h.downgrade(first),
             _ => self.held = None,
-        }
-    }
-}
-
-/// The dedup reduce, for every id under one key: keep the first live delivery unless a
-/// live event cancels it; later deliveries are duplicates.
-fn dedup(_key: &u64, input: &[(&Entry, isize)], output: &mut Vec<(Outcome, isize)>) {
-    // Entries sort with cancels first, then deliveries by (ingest, position, event), so the
-    // first delivery of an id met in this order is its first delivery.
-    let mut cancelled: Vec<&str> = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for (entry, count) in input {
-        if *count <= 0 {
-            continue;
-        }
-        match entry {
-            Entry::Cancel(target) => cancelled.push(target),
-            Entry::Delivery(a) => {
-                let id: &str = &a.event.event_id;
-                if seen.contains(&id) {
-                    output.push((Outcome::Duplicate(a.clone()), *count));
-                    continue;
-                }
-                seen.push(id);
-                if !cancelled.contains(&id) && a.event.event_type != EventType::Retraction {
-                    output.push((Outcome::Keep(a.event.clone()), 1));
-                }
-                if *count > 1 {
-                    output.push((Outcome::Duplicate(a.clone()), count - 1));
-                }
-            }
         }
     }
 }
@@ -748,39 +696,4 @@ fn kpis<'scope>(
         .filter(|(k, _)| k.dimension == Dimension::All)
         .explode(|(k, a)| Some((KpiKey { granularity: k.granularity, window_start: k.window_start }, KpiAgg::of_funnel(&a))));
     by_event.concatenate([orders, sessions]).count_total()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn arrival(id: &str, ingest: Time, position: u64, retracts: Option<&str>) -> Arrival {
-        let mut event = Event::new(id, EventType::PageView, 0, "u");
-        event.retracts = retracts.map(Arc::from);
-        Arrival { ingest, position, event: Arc::new(event) }
-    }
-
-    /// Ids that share an arrangement key are deduplicated and cancelled separately.
-    #[test]
-    fn dedup_groups_by_real_id_under_one_key() {
-        let x1 = Entry::Delivery(arrival("x", 10, 1, None));
-        let y1 = Entry::Delivery(arrival("y", 10, 2, None));
-        let x2 = Entry::Delivery(arrival("x", 20, 3, None));
-        let z = Entry::Delivery(arrival("z", 30, 4, Some("y")));
-        let cancel_y = Entry::Cancel(Arc::from("y"));
-        let mut input = vec![(&x1, 1), (&y1, 1), (&x2, 2), (&z, 1), (&cancel_y, 1)];
-        input.sort();
-        let mut output = Vec::new();
-        dedup(&0, &input, &mut output);
-        let kept: Vec<&str> = output.iter().filter_map(|(o, _)| match o {
-            Outcome::Keep(e) => Some(&*e.event_id),
-            Outcome::Duplicate(_) => None,
-        }).collect();
-        assert_eq!(kept, ["x", "z"], "y is cancelled by z");
-        let duplicates: Vec<(u64, isize)> = output.iter().filter_map(|(o, n)| match o {
-            Outcome::Duplicate(a) => Some((a.position, *n)),
-            Outcome::Keep(_) => None,
-        }).collect();
-        assert_eq!(duplicates, [(3, 2)], "both later deliveries of x are duplicates");
-    }
 }

@@ -181,7 +181,7 @@ fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::
     Ok(())
 }
 
-fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Box<dyn Source>> {
+fn open_source(args: &RunArgs, config: &ViewConfig, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<Box<dyn Source>> {
     if args.kafka.enabled() {
         let source = KafkaSource::open(&args.kafka, args.tick_ms, index, peers, !args.kafka_follow, shared.kafka.clone())?;
         return Ok(Box::new(source));
@@ -189,7 +189,7 @@ fn open_source(args: &RunArgs, shared: &Shared, index: usize, peers: usize) -> a
     Ok(match &args.input {
         Some(path) => {
             let progress = (index == 0).then(|| shared.bytes_read.clone());
-            Box::new(FileSource::open(path, args.format, args.tick_ms, index, peers, progress)?)
+            Box::new(FileSource::open(path, args.format, args.tick_ms, config.decode.clone(), index, peers, progress)?)
         }
         None => {
             let start_ms = if args.max_speed { SIMULATED_START_MS } else { now_ms() as i64 };
@@ -243,7 +243,7 @@ fn run_worker(
         (input, probe)
     });
 
-    let mut source = open_source(args, shared, index, peers)?;
+    let mut source = open_source(args, config, shared, index, peers)?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut in_flight = InFlight::default();
     let mut since_step = 0usize;

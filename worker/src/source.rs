@@ -11,13 +11,13 @@
 //!   carry the generator's simulated clock, so results do not depend on machine speed.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tidemark_dataflows::decode::{peek_event_ts, Format, RawRecord, REES46_HEADER};
+use tidemark_dataflows::decode::{check, peek_event_ts, DecodeConfig, Format, RawRecord, REES46_HEADER};
 use tidemark_dataflows::generator::{Generated, Generator, GeneratorConfig};
 use tidemark_dataflows::time::{tick_ceil, Time};
 
@@ -47,10 +47,17 @@ pub fn now_ms() -> u64 {
 pub const MAX_RECORDS_PER_TICK: u64 = 65_536;
 
 /// Replays a file of JSON lines, REES46 rows or CDNOW rows.
+///
+/// The replay clock starts at the time of the file's first accepted record (so that the
+/// records before it, unreadable ones say, are not ingested at time 0) and then follows
+/// the running maximum of the accepted records' times: a rejected record never moves it,
+/// nor does one more than a retention period past it (which is then rejected as lying in
+/// the future). A UTF-8 byte order mark at the start of the file is dropped.
 pub struct FileSource {
     reader: BufReader<File>,
     format: Format,
     tick_ms: u64,
+    decode: DecodeConfig,
     index: usize,
     peers: usize,
     line_no: u64,
@@ -64,15 +71,44 @@ pub struct FileSource {
     bytes_read: Option<Arc<AtomicU64>>,
 }
 
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 impl FileSource {
-    /// Opens `path` for worker `index` of `peers`; `bytes_read`, if given, is advanced as
-    /// the file is read (for a progress bar).
-    pub fn open(path: &Path, flag: InputFormat, tick_ms: u64, index: usize, peers: usize, bytes_read: Option<Arc<AtomicU64>>) -> anyhow::Result<Self> {
+    /// Opens `path` for worker `index` of `peers`, validating records as `decode` says;
+    /// `bytes_read`, if given, is advanced as the file is read (for a progress bar).
+    pub fn open(path: &Path, flag: InputFormat, tick_ms: u64, decode: DecodeConfig, index: usize, peers: usize, bytes_read: Option<Arc<AtomicU64>>) -> anyhow::Result<Self> {
         let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
         let first = reader.fill_buf()?;
+        let first = first.strip_prefix(BOM).unwrap_or(first);
         let first_line = String::from_utf8_lossy(&first[..first.iter().position(|&b| b == b'\n').unwrap_or(first.len())]).into_owned();
         let format = detect_format(flag, &first_line);
-        Ok(FileSource { reader, format, tick_ms, index, peers, line_no: 0, clock: 0, at_clock: 0, pending: None, line: Vec::new(), finished: false, bytes_read })
+        let mut source = FileSource {
+            reader,
+            format,
+            tick_ms,
+            decode,
+            index,
+            peers,
+            line_no: 0,
+            clock: 0,
+            at_clock: 0,
+            pending: None,
+            line: Vec::new(),
+            finished: false,
+            bytes_read: None,
+        };
+        // The clock starts at the first accepted record's time.
+        while let Some(record) = source.next_line()? {
+            if let Some(own) = source.accepted_at(&record, None) {
+                source.clock = own;
+                break;
+            }
+        }
+        source.reader.rewind()?;
+        source.line_no = 0;
+        source.bytes_read = bytes_read;
+        Ok(source)
     }
 
     /// The format the file is read as.
@@ -80,8 +116,8 @@ impl FileSource {
         self.format
     }
 
-    /// The next record of this worker's share with its replay time.
-    fn next_record(&mut self) -> anyhow::Result<Option<(RawRecord, Time)>> {
+    /// The next record of the file (every worker's), without its line terminator.
+    fn next_line(&mut self) -> anyhow::Result<Option<RawRecord>> {
         loop {
             self.line.clear();
             let n = self.reader.read_until(b'\n', &mut self.line)?;
@@ -92,6 +128,9 @@ impl FileSource {
                 counter.fetch_add(n as u64, Ordering::Relaxed);
             }
             self.line_no += 1;
+            if self.line_no == 1 && self.line.starts_with(BOM) {
+                self.line.drain(..BOM.len());
+            }
             while matches!(self.line.last(), Some(b'\n' | b'\r')) {
                 self.line.pop();
             }
@@ -101,9 +140,28 @@ impl FileSource {
             if self.line_no == 1 && self.format == Format::Rees46 && self.line == REES46_HEADER.as_bytes() {
                 continue;
             }
-            let record = RawRecord { format: self.format, position: self.line_no, bytes: self.line.clone() };
+            return Ok(Some(RawRecord { format: self.format, position: self.line_no, bytes: self.line.clone() }));
+        }
+    }
+
+    /// The record's own time on the tick if it moves the clock there: it would be
+    /// accepted at that time, and (with `clock`) lies at most a retention period past it.
+    fn accepted_at(&self, record: &RawRecord, clock: Option<Time>) -> Option<Time> {
+        let own = tick_ceil(peek_event_ts(record)?.max(0) as u64, self.tick_ms);
+        if let Some(clock) = clock {
+            if own <= clock || own > clock.saturating_add(self.decode.retention_ms) {
+                return None;
+            }
+        }
+        check(record.format, &record.bytes, record.position, own, &self.decode).is_ok().then_some(own)
+    }
+
+    /// The next record of this worker's share with its replay time.
+    fn next_record(&mut self) -> anyhow::Result<Option<(RawRecord, Time)>> {
+        loop {
+            let Some(record) = self.next_line()? else { return Ok(None) };
             // Every worker advances the clock over every line, so all agree on it.
-            let read = peek_event_ts(&record).map_or(0, |ts| tick_ceil(ts.max(0) as u64, self.tick_ms));
+            let read = self.accepted_at(&record, Some(self.clock)).unwrap_or(0);
             (self.clock, self.at_clock) = next_clock(self.clock, self.at_clock, read, self.tick_ms);
             if (self.line_no as usize) % self.peers == self.index {
                 return Ok(Some((record, self.clock)));

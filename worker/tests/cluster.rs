@@ -70,7 +70,9 @@ fn two_processes_equal_the_reference() {
     }
 
     // The records and replay times as every worker saw them.
-    let mut source = FileSource::open(&input, InputFormat::Auto, 10, 0, 1, None).expect("input reopens");
+    let mut view_config = ViewConfig::default();
+    view_config.decode.retention_ms = 3_600_000;
+    let mut source = FileSource::open(&input, InputFormat::Auto, 10, view_config.decode.clone(), 0, 1, None).expect("input reopens");
     let mut records = Vec::new();
     let mut batch = Vec::new();
     while let Some(time) = source.next_batch(&mut batch, 1024).expect("input reads") {
@@ -78,8 +80,6 @@ fn two_processes_equal_the_reference() {
     }
     let last = records.last().expect("records").1;
 
-    let mut view_config = ViewConfig::default();
-    view_config.decode.retention_ms = 3_600_000;
     let mut times: Vec<Time> = updates.iter().map(|u| u.1).filter(|t| *t <= last).collect();
     times.sort_unstable();
     times.dedup();

@@ -79,6 +79,9 @@ pub enum ThreadCommand {
         id: u64,
         /// The events.
         events: Vec<Vec<u8>>,
+        /// The coordinator's arrival order of the request: event `i` has position
+        /// `sequence × 2^17 + i`.
+        sequence: u64,
     },
 }
 

@@ -89,6 +89,7 @@ pub fn schemas() -> Vec<Schema> {
     let sessions = [
         col("user_id", Text, false, "the user"),
         col("session_id", Text, false, "the shop's session id, or derived:<start ms>"),
+        col("derived", Bool, false, "whether the session was derived by inactivity rather than given by the shop"),
         col("start_ts", TimestampMs, false, "event time of the first event"),
         col("end_ts", TimestampMs, false, "event time of the last event"),
     ]
@@ -98,7 +99,7 @@ pub fn schemas() -> Vec<Schema> {
     .collect();
     let window = |name: &str| [col("granularity", Text, false, "minute, hour or day"), col("window_start", TimestampMs, false, name)];
     vec![
-        Schema { name: "sessions", description: "one row per session of every user with a live event", columns: sessions, key_columns: 2, routing_columns: 1 },
+        Schema { name: "sessions", description: "one row per session of every user with a live event", columns: sessions, key_columns: 3, routing_columns: 1 },
         Schema {
             name: "funnel",
             description: "sessions reaching each ordered step, orders, revenue and unique users per window and dimension value",
@@ -364,7 +365,7 @@ fn text_or_null(v: &Option<std::sync::Arc<str>>) -> Value {
 
 /// A `sessions` row.
 pub fn session_row(s: &SessionRow) -> Row {
-    let mut values = vec![value::string(&s.user_id), value::string(&s.session_id), value::timestamp_ms(s.start_ts), value::timestamp_ms(s.end_ts)];
+    let mut values = vec![value::string(&s.user_id), value::string(&s.session_id), value::boolean(s.derived), value::timestamp_ms(s.start_ts), value::timestamp_ms(s.end_ts)];
     let counts = [s.events, s.page_views, s.product_views, s.products_viewed, s.cart_adds, s.checkouts, s.purchases, s.orders];
     values.extend(counts.iter().map(|c| value::int64(*c as i64)));
     values.push(value::int64(s.revenue_cents));

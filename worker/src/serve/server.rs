@@ -8,7 +8,6 @@
 //! growing its memory. The coordinator reads continuously and drops slow clients itself.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tidemark_proto::internal::v1 as wire;
@@ -137,7 +136,6 @@ pub struct WorkerService {
     schemas: Arc<Vec<Schema>>,
     threads: Arc<Vec<Inbox>>,
     state: Arc<Mutex<State>>,
-    next_thread: Arc<std::sync::atomic::AtomicUsize>,
     ingested: Counter,
     metrics: Arc<ProcessMetrics>,
 }
@@ -166,7 +164,6 @@ impl WorkerService {
             schemas: Arc::new(schemas),
             threads: Arc::new(threads),
             state: Arc::new(Mutex::new(state)),
-            next_thread: Arc::default(),
             metrics: Arc::new(ProcessMetrics::new(&ingested)),
             ingested,
         };
@@ -469,9 +466,10 @@ impl WorkerService {
         if ingest.events.len() > MAX_INGEST_EVENTS {
             return vec![ingest_failed(id, ErrorKind::Exhausted, format!("{} events in one request; at most {MAX_INGEST_EVENTS}", ingest.events.len()))];
         }
-        let thread = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.shape.threads;
+        // One thread takes every request, in the coordinator's order.
+        let thread = 0;
         self.lock().ingests.insert(key, ());
-        if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id: key, events: ingest.events }) {
+        if let Err(e) = self.threads[thread].send(ThreadCommand::Ingest { id: key, events: ingest.events, sequence: ingest.sequence }) {
             self.lock().ingests.remove(&key);
             tracing::warn!("ingest {id} refused: {e}");
             return vec![ingest_failed(id, ErrorKind::Unavailable, format!("the worker process is busy ({e}); retry"))];

@@ -33,6 +33,10 @@ use crate::kafka::{DeadLetterWriter, KafkaConnect, KafkaCounters, KafkaFlags, Ka
 use crate::sink::postgres::SinkFeed;
 use crate::source::{now_ms, probe_frontier, GeneratorSource, InFlight, Source};
 
+/// Bits of an Ingest event's position that hold its index in its request (a request has
+/// at most 100,000 events).
+const INGEST_INDEX_BITS: u32 = 17;
+
 /// Most generated records inserted per loop iteration.
 const GENERATED_PER_STEP: usize = 50_000;
 /// Most Kafka records inserted per loop iteration.
@@ -449,11 +453,10 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                     let sizes = views.iter_mut().map(|v| (v.count(), v.arranged_updates() as i64)).collect();
                     reply(ThreadReply::Status { id, views: sizes });
                 }
-                ThreadCommand::Ingest { id, events } => {
+                ThreadCommand::Ingest { id, events, sequence } => {
                     let time = *input.time();
                     let (accepted, rejects) = validate(&events, time, &ctx.config.decode);
-                    let first_position = position + 1;
-                    position += events.len() as u64;
+                    let first_position = sequence << INGEST_INDEX_BITS;
                     match &ctx.log {
                         Some(log) => {
                             let token = next_token;
