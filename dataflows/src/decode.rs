@@ -267,9 +267,9 @@ pub fn check(format: Format, bytes: &[u8], position: u64, ingest_time: Time, con
         Err(Invalid(RejectReason::Oversized, format!("record has {} bytes, the limit is {}", bytes.len(), config.max_record_bytes)))
     } else {
         let parsed = match format {
-            Format::Json => decode_json(bytes),
-            Format::Rees46 => decode_rees46(bytes, position),
-            Format::Cdnow => decode_cdnow(bytes, position),
+            Format::Json => decode_json(bytes, config),
+            Format::Rees46 => decode_rees46(bytes, position, config),
+            Format::Cdnow => decode_cdnow(bytes, position, config),
         };
         parsed.and_then(|event| validate(event, ingest_time, config))
     };
@@ -301,24 +301,12 @@ pub fn peek_event_ts(record: &RawRecord) -> Option<Millis> {
     }
 }
 
+/// The checks after parsing, in the order their reasons win: first what the record
+/// itself holds (the quantity and amount limits, the fields its type needs), then how
+/// its event time lies to its ingestion time (too far ahead, too late). So a record
+/// with a fault of its own gets the same reason whenever it arrives.
 fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Invalid> {
     let ts = event.event_ts;
-    if ts < config.min_event_ts || ts >= config.max_event_ts {
-        return Err(Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {ts} ms is outside the accepted years")));
-    }
-    let ingest = i64::try_from(ingest_time).unwrap_or(i64::MAX);
-    if ts > ingest.saturating_add(config.max_future_ms as i64) {
-        return Err(Invalid(
-            RejectReason::TimestampOutOfRange,
-            format!("event_ts lies {} ms after its ingestion time", ts - ingest),
-        ));
-    }
-    if config.expiry(ts) <= ingest_time {
-        return Err(Invalid(
-            RejectReason::TooLate,
-            format!("event_ts lies {} ms before its ingestion time, retention is {} ms", ingest - ts, config.retention_ms),
-        ));
-    }
     if event.quantity == 0 || event.quantity > config.max_quantity {
         return Err(Invalid(RejectReason::BadAmount, format!("quantity {} is not in 1..={}", event.quantity, config.max_quantity)));
     }
@@ -339,7 +327,30 @@ fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Ev
     if event.retracts.as_deref() == Some(&*event.event_id) {
         return Err(Invalid(RejectReason::BadType, "an event cannot retract itself".into()));
     }
+    let ingest = i64::try_from(ingest_time).unwrap_or(i64::MAX);
+    if ts > ingest.saturating_add(config.max_future_ms as i64) {
+        return Err(Invalid(
+            RejectReason::TimestampOutOfRange,
+            format!("event_ts lies {} ms after its ingestion time", ts - ingest),
+        ));
+    }
+    if config.expiry(ts) <= ingest_time {
+        return Err(Invalid(
+            RejectReason::TooLate,
+            format!("event_ts lies {} ms before its ingestion time, retention is {} ms", ingest - ts, config.retention_ms),
+        ));
+    }
     Ok(event)
+}
+
+/// An event time read from a record, if it lies in the accepted years: checked as soon as
+/// the time is read, so that a record from another century is `timestamp_out_of_range`
+/// whatever else it holds.
+fn in_years(ts: Millis, config: &DecodeConfig) -> Result<Millis, Invalid> {
+    if ts < config.min_event_ts || ts >= config.max_event_ts {
+        return Err(Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {ts} ms is outside the accepted years")));
+    }
+    Ok(ts)
 }
 
 /// Converts a decimal amount to cents, rejecting what cannot be money.
@@ -529,12 +540,14 @@ struct WireEvent<'a> {
 
 /// A JSON record as an [`Event`]. Which reason a record with several faults gets, in
 /// order: not UTF-8, not a JSON object, or not JSON (`malformed`); a field of the wrong
-/// JSON type (`bad_type`; of several, the first in the record); `event_id`,
-/// `event_type`, `event_ts`, `user_id` absent, null or empty (`missing_field`, in that
-/// order); an unknown `event_type`; an `event_ts` that is not an RFC 3339 time
-/// (`timestamp_out_of_range`); then the amount and coordinates, and [`validate`]'s
-/// checks.
-fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
+/// JSON type (`bad_type`: first `quantity`, `device.mobile` or a `utm`/`device`/`geo`
+/// that is not an object, in record order, then the other fields in the schema's
+/// order); `event_id`, `event_type`, `event_ts`, `user_id` absent, null or empty
+/// (`missing_field`, in that order); an unknown `event_type`; an `event_ts` that is not
+/// an RFC 3339 time or lies outside the accepted years (`timestamp_out_of_range`); a
+/// price that cannot be money (`bad_amount`) or a coordinate out of range (`bad_type`);
+/// then [`validate`]'s checks.
+fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|e| Invalid(RejectReason::Malformed, format!("the record is not UTF-8 (byte {})", e.valid_up_to())))?;
     if !text.trim_start().starts_with('{') {
         let start = shorten(text.trim_start());
@@ -581,6 +594,7 @@ fn decode_json(bytes: &[u8]) -> Result<Event, Invalid> {
         .ok_or_else(|| Invalid(RejectReason::UnknownEventType, format!("unknown event_type {:?}", shorten(&type_name))))?;
     let event_ts = parse_timestamp(&ts_text)
         .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {:?} is not an RFC 3339 time", shorten(&ts_text))))?;
+    let event_ts = in_years(event_ts, config)?;
     let price_cents = price.map(|p| to_cents(p, "price")).transpose()?;
     let geo = match geo_wire {
         None => None,
@@ -618,7 +632,7 @@ pub const REES46_HEADER: &str = "event_time,event_type,product_id,category_id,ca
 
 /// A REES46 row. Event ids are `rees46:<line>`; `view` becomes `product_view`, `cart`
 /// becomes `add_to_cart`; the category is `category_code` (absent when empty).
-fn decode_rees46(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
+fn decode_rees46(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
     let fields: Vec<&str> = text.trim_end_matches(['\r', '\n']).split(',').collect();
     if fields.len() != 9 {
@@ -635,6 +649,7 @@ fn decode_rees46(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
     };
     let event_ts = parse_timestamp(time)
         .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_time {time:?} is not a time")))?;
+    let event_ts = in_years(event_ts, config)?;
     let price: f64 = price.parse().map_err(|_| Invalid(RejectReason::BadType, format!("price {price:?} is not a number")))?;
     if user.is_empty() {
         return Err(Invalid::missing("user_id"));
@@ -665,13 +680,14 @@ fn digits(b: &[u8]) -> Option<u32> {
 
 /// A CDNOW row becomes a purchase at midnight UTC of its day: user `cdnow:<customer id>`,
 /// one order of `dollars` (price = total, quantity 1), event id `cdnow:<line>`.
-fn decode_cdnow(bytes: &[u8], position: u64) -> Result<Event, Invalid> {
+fn decode_cdnow(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [customer, _sample, date, cds, dollars] = <[&str; 5]>::try_from(fields)
         .map_err(|f| Invalid(RejectReason::Malformed, format!("row has {} fields, CDNOW rows have 5", f.len())))?;
     let event_ts = cdnow_date(date)
         .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("date {date:?} is not YYYYMMDD")))?;
+    let event_ts = in_years(event_ts, config)?;
     let _: u32 = cds.parse().map_err(|_| Invalid(RejectReason::BadType, format!("cd count {cds:?} is not an integer")))?;
     let dollars: f64 = dollars.parse().map_err(|_| Invalid(RejectReason::BadType, format!("amount {dollars:?} is not a number")))?;
     let mut event = Event::new(&format!("cdnow:{position}"), EventType::Purchase, event_ts, &format!("cdnow:{customer}"));

@@ -22,5 +22,6 @@ pub mod generator;
 pub mod operators;
 pub mod reference;
 pub mod rows;
+pub mod scenario;
 pub mod time;
 pub mod views;

@@ -439,7 +439,9 @@ impl RunArgs {
     }
 }
 
-/// The record format of a file, from the flag or from its first line.
+/// The record format of a file, from the flag or from its first non-blank line: a JSON
+/// object, the REES46 header, or a CDNOW row (five fields, the third a `YYYYMMDD` date).
+/// Anything else is read as JSON, so that each line gets its own clear reject.
 pub fn detect_format(flag: InputFormat, first_line: &str) -> Format {
     match flag {
         InputFormat::Json => Format::Json,
@@ -447,12 +449,14 @@ pub fn detect_format(flag: InputFormat, first_line: &str) -> Format {
         InputFormat::Cdnow => Format::Cdnow,
         InputFormat::Auto => {
             let line = first_line.trim();
-            if line.starts_with('{') {
-                Format::Json
-            } else if line.starts_with("event_time,") {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let cdnow = fields.len() == 5 && fields[2].len() == 8 && fields[2].bytes().all(|b| b.is_ascii_digit());
+            if line.starts_with("event_time,") {
                 Format::Rees46
-            } else {
+            } else if cdnow {
                 Format::Cdnow
+            } else {
+                Format::Json
             }
         }
     }

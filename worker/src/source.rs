@@ -81,7 +81,8 @@ impl FileSource {
         let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
         let first = reader.fill_buf()?;
         let first = first.strip_prefix(BOM).unwrap_or(first);
-        let first_line = String::from_utf8_lossy(&first[..first.iter().position(|&b| b == b'\n').unwrap_or(first.len())]).into_owned();
+        let first_line = first.split(|&b| b == b'\n').find(|l| !l.iter().all(u8::is_ascii_whitespace)).unwrap_or_default();
+        let first_line = String::from_utf8_lossy(first_line).into_owned();
         let format = detect_format(flag, &first_line);
         let mut source = FileSource {
             reader,
