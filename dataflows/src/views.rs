@@ -13,18 +13,24 @@
 //!    ingestion time and retracted at [`ViewConfig::expiry`] of its event time; every
 //!    reject is retracted one retention period after its ingestion. State therefore holds
 //!    only what the retention horizon needs, and compaction reclaims the rest.
-//! 3. **Dedup** (a reduce keyed by `event_id`): of all live deliveries of an id, the
-//!    first by (ingestion time, position, content) is kept, the others become
-//!    `duplicate` rejects. An event named in the `retracts` field of a live event is
-//!    removed, whichever arrived first. `retraction` events only remove.
-//! 4. **Views**: `sessions` (reduce by user); `funnel`, summed from each user's
+//! 3. **Dedup** ([`crate::operators::dedup`], keyed by `event_id`): a delivery that
+//!    arrives (by ingestion time, then position) while a kept delivery of its id is live
+//!    is a `duplicate` reject for good; the others are kept.
+//! 4. **Cancellations** ([`crate::operators::cancel`]): each kept event with `retracts`
+//!    is bound to its target, and a resolver on one worker decides which kept events are
+//!    removed (chains and loops included), emitting corrections that, added to the kept
+//!    events, leave the visible ones. `retraction` events only remove.
+//! 5. **Views**: `sessions` (reduce by user); `funnel`, summed from each user's
 //!    contribution (a second reduce, over the arranged sessions, so that distinct users
 //!    need no separate `distinct`); `kpis`; and `rejected_by_reason` over all rejects.
 //!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
 //!    `count_total`.
-//! 5. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
+//! 6. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
 //!    ([`crate::clv`]), and `fraud_features`, `fraud_scores` and `fraud_alerts`
 //!    ([`crate::fraud`]), over the same valid events.
+//!
+//! The rules these stages follow are docs/SEMANTICS.md; the scenario files
+//! (`dataflows/tests/scenarios/`) and the oracle tests check them.
 //!
 //! [`build`] builds all of them, as the engine does; [`build_parts`] builds the same
 //! operators for only some views ([`Part`]), to measure what each holds
