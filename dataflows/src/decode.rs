@@ -432,7 +432,7 @@ fn number_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<f64>, Invalid> 
 
 /// The first bytes of a value, for a detail.
 fn shorten(text: &str) -> String {
-    let cut = crate::decode::truncate_at_char(text, 40);
+    let cut = truncate_at_char(text, 40);
     if cut.len() < text.len() { format!("{cut}...") } else { cut.to_owned() }
 }
 

@@ -69,18 +69,6 @@ pub mod limits {
     pub const MAX_ACK_DETAIL_BYTES: usize = 1 << 20;
 }
 
-/// The bytes of `text` cut to at most `max` bytes, at a character boundary.
-pub fn truncate_utf8(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 pub mod auth;
 pub mod codec;
 pub mod merge;

@@ -18,7 +18,6 @@ use tidemark_dataflows::views::{build, ViewArrangement, ViewConfig, ViewRow, Wir
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use tidemark_proto::v1::value::Kind;
 use tidemark_proto::limits::{CHUNK_BYTES, MAX_ACK_DETAIL_BYTES, MAX_REJECT_DETAIL_BYTES};
-use tidemark_proto::truncate_utf8;
 use tidemark_proto::v1::IngestReject;
 use tidemark_proto::merge::chunks;
 use tidemark_proto::v1::{SubscribeBatch, Update, Value};
@@ -190,7 +189,7 @@ fn validate(events: &[Vec<u8>], time: Time, config: &DecodeConfig) -> (u32, Vec<
     let mut budget = MAX_ACK_DETAIL_BYTES;
     for (index, bytes) in events.iter().enumerate() {
         if let Err((reason, detail)) = check(Format::Json, bytes, index as u64, time, config) {
-            let detail = truncate_utf8(&detail, MAX_REJECT_DETAIL_BYTES.min(budget)).to_owned();
+            let detail = tidemark_dataflows::decode::truncate_at_char(&detail, MAX_REJECT_DETAIL_BYTES.min(budget)).to_owned();
             budget -= detail.len();
             rejects.push(IngestReject { index: index as u32, reason: reason.name().to_owned(), detail });
         }
