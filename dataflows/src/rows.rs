@@ -330,26 +330,6 @@ pub fn funnel_keys(s: &SessionRow) -> impl Iterator<Item = FunnelKey> + '_ {
     })
 }
 
-/// The users' contributions to the funnel: for every user and every key any of the
-/// user's sessions counts under, the sum of those sessions' [`FunnelAgg::of_session`], with
-/// `unique_users` 1. Summing these over all users gives the funnel, distinct users
-/// included. Equal contributions of different users are merged into one with a count.
-pub fn user_funnel<'a>(sessions: impl IntoIterator<Item = &'a SessionRow>) -> Vec<((FunnelKey, FunnelAgg), isize)> {
-    let mut by_user_key: std::collections::BTreeMap<(&str, FunnelKey), FunnelAgg> = std::collections::BTreeMap::new();
-    for s in sessions {
-        let agg = FunnelAgg::of_session(s);
-        for key in funnel_keys(s) {
-            let entry = by_user_key.entry((&s.user_id, key)).or_insert(FunnelAgg { unique_users: 1, ..FunnelAgg::default() });
-            entry.plus_equals(&agg);
-        }
-    }
-    let mut counted: std::collections::BTreeMap<(FunnelKey, FunnelAgg), isize> = std::collections::BTreeMap::new();
-    for ((_, key), agg) in by_user_key {
-        *counted.entry((key, agg)).or_insert(0) += 1;
-    }
-    counted.into_iter().collect()
-}
-
 /// Implements differential's difference traits for a struct of `i64` counters.
 macro_rules! counter_struct {
     ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
@@ -617,15 +597,5 @@ mod tests {
         assert_eq!(together.len(), 4);
         let a_derived = together.iter().find(|s| &*s.user_id == "a" && s.session_id.starts_with("derived")).expect("a's session");
         assert_eq!((a_derived.events, a_derived.funnel_step), (2, 2));
-    }
-
-    /// Equal contributions of two users are counted twice, not merged away.
-    #[test]
-    fn equal_contributions_of_two_users_count_twice() {
-        let events = [ev("a", "1", 0, EventType::ProductView, None), ev("b", "2", 0, EventType::ProductView, None)];
-        let refs: Vec<&SessionEvent> = events.iter().collect();
-        let contributions = user_funnel(&sessionize_users(&refs));
-        assert_eq!(contributions.len(), 15, "3 granularities x 5 dimensions");
-        assert!(contributions.iter().all(|((_, agg), count)| *count == 2 && agg.unique_users == 1 && agg.sessions == 1));
     }
 }

@@ -20,9 +20,9 @@
 //!    is bound to its target, and a resolver on one worker decides which kept events are
 //!    removed (chains and loops included), emitting corrections that, added to the kept
 //!    events, leave the visible ones. `retraction` events only remove.
-//! 5. **Views**: `sessions` (reduce by user); `funnel`, summed from each user's
-//!    contribution (a second reduce, over the arranged sessions, so that distinct users
-//!    need no separate `distinct`); `kpis`; and `rejected_by_reason` over all rejects.
+//! 5. **Views**: `sessions` (reduce by user); `funnel`, the sums of every session under
+//!    its keys plus the distinct users under each key ([`crate::operators::unique_users`],
+//!    over the changes of `sessions`); `kpis`; and `rejected_by_reason` over all rejects.
 //!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
 //!    `count_total`.
 //! 6. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
@@ -68,9 +68,10 @@ use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
 use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
 use crate::operators::cancel::{bind, resolve};
 use crate::operators::dedup::{Dedup, Delivery};
+use crate::operators::unique_users::UniqueUsers;
 use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
-use crate::rows::{key_of, Route, sessionize_users, user_funnel, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
+use crate::rows::{funnel_keys, key_of, Route, sessionize_users, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -494,20 +495,18 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
             push_keyed,
         )
     });
-    // Each user's funnel contribution, from the user's sessions: a reduce emits only what
-    // changed, so a session change that leaves a user's contribution as it was costs
-    // nothing downstream.
+    // The funnel: every session's sums under each of its keys, straight from the changes
+    // of `sessions`, and the distinct users under each key from a count per user and key
+    // (operators::unique_users), summed by key.
     let funnel = with(Part::Funnel).then(|| {
-        sessions
-            .clone()
-            .expect("the funnel needs the sessions")
-            .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, (FunnelKey, FunnelAgg), Time, isize>, _, _>(
-                "Reduce: funnel contribution by user",
-                |_key, input, output| output.extend(user_funnel(expanded(input))),
-                push_keyed,
-            )
-            .as_collection(|_, contribution| contribution.clone())
-            .explode(|(key, agg)| Some((key, agg)))
+        let changes = sessions.clone().expect("the funnel needs the sessions").as_collection(|_, s| s.clone());
+        let users = changes.inner.clone().unique_users().as_collection().explode(|key| Some((key, FunnelAgg { unique_users: 1, ..FunnelAgg::default() })));
+        changes
+            .explode(|s| {
+                let agg = FunnelAgg::of_session(&s);
+                funnel_keys(&s).map(move |key| (key, agg)).collect::<Vec<_>>()
+            })
+            .concat(users)
             .count_total()
     });
 

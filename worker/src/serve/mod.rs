@@ -300,6 +300,9 @@ pub async fn serve(args: WorkerArgs, listener: tokio::net::TcpListener, shutdown
                 // timely::execute returns only once the processes are connected.
                 started.send_modify(|n| *n += 1);
                 let local = worker.index() % threads;
+                if local == 0 {
+                    tracing::info!(processes = worker.peers() / threads, "connected to every process of the cluster");
+                }
                 let commands = command_rxs.lock().expect("no panics while taking a receiver")[local].take().expect("each thread takes its own receiver");
                 let ctx = ThreadContext {
                     config: config.clone(),

@@ -93,16 +93,34 @@ impl Pool {
 
     /// Waits until process `i` exits on its own; its exit code.
     pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<i32> {
+        match self.exited_within(i, limit) {
+            Some(code) => code,
+            None => panic!("worker {i} did not exit within {limit:?}:\n{}", self.logs()),
+        }
+    }
+
+    /// Waits up to `limit` for process `i` to exit on its own: `Some(exit code)`, or
+    /// `None` if it is still running.
+    pub fn exited_within(&mut self, i: usize, limit: Duration) -> Option<Option<i32>> {
         let deadline = Instant::now() + limit;
         let child = self.children[i].as_mut().expect("running");
         loop {
             if let Some(status) = child.try_wait().expect("polling a worker") {
                 self.children[i] = None;
-                return status.code();
+                return Some(status.code());
             }
-            assert!(Instant::now() < deadline, "worker {i} did not exit within {limit:?}:\n{}", self.logs());
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The log of the latest start of process `i`.
+    pub fn log_of(&self, i: usize) -> String {
+        let prefix = format!("worker-{i}-");
+        let latest = self.logs.iter().rev().find(|l| l.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)));
+        latest.map(|l| std::fs::read_to_string(l).unwrap_or_default()).unwrap_or_default()
     }
 
     /// Every worker log so far, for failure messages.
