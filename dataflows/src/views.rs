@@ -21,7 +21,7 @@
 //!    removed (chains and loops included), emitting corrections that, added to the kept
 //!    events, leave the visible ones. `retraction` events only remove.
 //! 5. **Views**: `sessions` (reduce by user); `funnel`, the sums of every session under
-//!    its keys plus the distinct users under each key ([`crate::operators::unique_users`],
+//!    its keys plus the distinct users under each key ([`crate::operators::funnel`],
 //!    over the changes of `sessions`); `kpis`; and `rejected_by_reason` over all rejects.
 //!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
 //!    `count_total`.
@@ -68,10 +68,10 @@ use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
 use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
 use crate::operators::cancel::{bind, resolve};
 use crate::operators::dedup::{Dedup, Delivery};
-use crate::operators::unique_users::UniqueUsers;
+use crate::operators::funnel::FunnelSums;
 use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
-use crate::rows::{funnel_keys, key_of, Route, sessionize_users, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
+use crate::rows::{key_of, Route, sessionize_users, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -495,19 +495,11 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
             push_keyed,
         )
     });
-    // The funnel: every session's sums under each of its keys, straight from the changes
-    // of `sessions`, and the distinct users under each key from a count per user and key
-    // (operators::unique_users), summed by key.
+    // The funnel: the changes of `sessions`, netted by key with the distinct users per key
+    // (operators::funnel), summed into the view.
     let funnel = with(Part::Funnel).then(|| {
         let changes = sessions.clone().expect("the funnel needs the sessions").as_collection(|_, s| s.clone());
-        let users = changes.inner.clone().unique_users().as_collection().explode(|key| Some((key, FunnelAgg { unique_users: 1, ..FunnelAgg::default() })));
-        changes
-            .explode(|s| {
-                let agg = FunnelAgg::of_session(&s);
-                funnel_keys(&s).map(move |key| (key, agg)).collect::<Vec<_>>()
-            })
-            .concat(users)
-            .count_total()
+        changes.inner.funnel_sums().as_collection().count_total()
     });
 
     let kpis = with(Part::Kpis).then(|| kpis(events.clone(), funnel.clone().expect("the kpis need the funnel")));

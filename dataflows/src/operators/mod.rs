@@ -4,13 +4,14 @@
 //! - [`dedup`]: which deliveries of an `event_id` are kept and which are duplicates,
 //!   decided when each arrives;
 //! - [`cancel`]: which kept deliveries cancellations remove, chains included;
-//! - [`unique_users`]: the funnel's distinct users per key, from session changes;
+//! - [`funnel`]: the funnel's sums by key (distinct users included), from the changes
+//!   of `sessions`;
 //! - [`keep_first`]: of the values arriving in each bucket, the first `k`, for as long as
 //!   they last (the `rejects` view's bound per reason and hour).
 
 pub mod cancel;
 pub mod dedup;
+pub mod funnel;
 pub mod keep_first;
-pub mod unique_users;
 
 pub use keep_first::KeepFirst;
