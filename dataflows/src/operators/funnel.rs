@@ -97,31 +97,17 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     use super::*;
-    use crate::rows::{Dimension, SessionRow};
+    use crate::event::{Event, EventType, Geo};
+    use crate::rows::{sessionize, Dimension, SessionEvent, SessionRow};
     use crate::time::Granularity;
 
+    /// The session of one page view of `user` in shop session `id`.
     fn session(user: &str, id: &str, start: i64, country: Option<&str>) -> SessionRow {
-        SessionRow {
-            user_id: Text::from(user),
-            session_id: Text::from(id),
-            derived: false,
-            start_ts: start,
-            end_ts: start,
-            events: 1,
-            page_views: 1,
-            product_views: 0,
-            products_viewed: 0,
-            cart_adds: 0,
-            checkouts: 0,
-            purchases: 0,
-            orders: 0,
-            revenue_cents: 0,
-            funnel_step: 0,
-            country: country.map(Text::from),
-            device: None,
-            utm_source: None,
-            category: None,
-        }
+        let mut event = Event::new(&format!("{user}-{id}-{start}"), EventType::PageView, start, user);
+        event.session_id = Some(Text::from(id));
+        event.geo = country.map(|c| Geo { country: Some(Text::from(c)), city: None, lat_e6: None, lon_e6: None });
+        let event = SessionEvent::from(&Arc::new(event));
+        sessionize(&[&event]).remove(0)
     }
 
     /// Runs the operator over `(time, session, diff)` changes on two workers; the users
