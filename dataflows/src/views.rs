@@ -543,8 +543,9 @@ where
     arrange_core::<_, _, ValBatcher<K, V, Time, isize>, ValSpine<K, V, Time, isize>>(collection.inner, pact, name, ValBatcher::new)
 }
 
-/// Decodes records where they were read, and gives every accepted event and every reject
-/// its expiry as a future retraction.
+/// Decodes records where they were read: every accepted event as a [`Delivery`] that
+/// carries its expiry (dedup emits its retraction then), and every reject with its
+/// expiry as a future retraction.
 fn decode_and_expire<'scope>(records: VecCollection<'scope, Time, RawRecord>, config: &ViewConfig) -> (Updates<'scope, Delivery>, VecCollection<'scope, Time, Reject>) {
     let cfg = config.clone();
     let (deliveries, errs): (Updates<'scope, Delivery>, Updates<'scope, Reject>) =

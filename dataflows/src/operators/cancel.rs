@@ -273,8 +273,9 @@ pub fn resolve<'scope>(binds: Updates<'scope, Bind>) -> Updates<'scope, Arc<Even
                         }
                     }
                 }
-                let mut now = Vec::new();
-                let mut later: Vec<(Time, (Arc<Event>, Time, isize))> = Vec::new();
+                // The correction now and its undoing at the delivery's expiry, both given
+                // now (`hold_future` downstream releases the later one when due).
+                let mut out: Vec<(Arc<Event>, Time, isize)> = Vec::new();
                 for key in changed {
                     let node = &graph.nodes[&key];
                     let d = &node.delivery;
@@ -282,14 +283,10 @@ pub fn resolve<'scope>(binds: Updates<'scope, Bind>) -> Updates<'scope, Arc<Even
                         continue;
                     }
                     let sign = if node.removed { -1 } else { 1 };
-                    now.push((d.event.clone(), time, sign));
-                    later.push((d.expiry, (d.event.clone(), d.expiry, -sign)));
+                    out.push((d.event.clone(), time, sign));
+                    out.push((d.event.clone(), d.expiry, -sign));
                 }
-                output.session(&cap).give_iterator(now.into_iter());
-                later.sort_by_key(|(t, _)| *t);
-                for (t, update) in later {
-                    output.session(&cap.delayed(&t)).give(update);
-                }
+                output.session(&cap).give_iterator(out.into_iter());
                 // Forget what no longer matters: components whose every delivery expired.
                 let expired: Vec<NodeKey> = {
                     let mut keys = Vec::new();

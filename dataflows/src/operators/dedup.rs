@@ -6,8 +6,9 @@
 //! arrival until its expiry); otherwise it is a *duplicate*, and stays one. Identical
 //! copies of one record at one time are one delivery kept and the rest duplicates.
 //!
-//! Output, all at once when a time completes (future updates at their times, for
-//! [`hold_future`](crate::views) to release):
+//! Output, all at once when a time completes, in one message at that time (the future
+//! updates too, with their own times, for `hold_future` in [`crate::views`] to release
+//! when due):
 //! - `Ok(delivery)`: `+1` at its arrival, `-1` at its expiry, for every kept delivery;
 //! - `Err(reject)`: `+1` at the arrival, `-1` one retention period later, for every
 //!   duplicate (a `duplicate` reject, its bytes the delivery's canonical JSON).
@@ -109,8 +110,9 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Time, Vec<(Delivery, Time, isize)>
                     // Arrival order within one time: position, then content.
                     deliveries.sort_by(|(a, _), (b, _)| (a.position, &a.event).cmp(&(b.position, &b.event)));
                     differential_dataflow::consolidation::consolidate(&mut deliveries);
-                    let mut now = Vec::new();
-                    let mut later: Vec<(Time, Outcome)> = Vec::new();
+                    // Arrivals at `time`, and each one's leaving at its own later time: all
+                    // given now, for `hold_future` downstream to release when due.
+                    let mut out: Vec<Outcome> = Vec::new();
                     for (d, copies) in deliveries {
                         debug_assert!(copies > 0, "deliveries only arrive");
                         if copies <= 0 {
@@ -121,22 +123,18 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Time, Vec<(Delivery, Time, isize)>
                         if kept.get(id).is_none_or(|expiry| *expiry <= time) {
                             kept.insert(id.clone(), d.expiry);
                             by_expiry.entry(d.expiry).or_default().push(id.clone());
-                            later.push((d.expiry, (Ok(d.clone()), d.expiry, -1)));
-                            now.push((Ok(d.clone()), time, 1));
+                            out.push((Ok(d.clone()), d.expiry, -1));
+                            out.push((Ok(d.clone()), time, 1));
                             duplicates -= 1;
                         }
                         if duplicates > 0 {
                             let reject = duplicate_reject(d.ingest, d.position, &d.event);
                             let leaves = reject_expiry(time).max(time + 1);
-                            later.push((leaves, (Err(reject.clone()), leaves, -duplicates)));
-                            now.push((Err(reject), time, duplicates));
+                            out.push((Err(reject.clone()), leaves, -duplicates));
+                            out.push((Err(reject), time, duplicates));
                         }
                     }
-                    output.session(&cap).give_iterator(now.into_iter());
-                    later.sort_by_key(|(t, _)| *t);
-                    for (t, update) in later {
-                        output.session(&cap.delayed(&t)).give(update);
-                    }
+                    output.session(&cap).give_iterator(out.into_iter());
                 }
                 pending.settle();
             }

@@ -32,9 +32,14 @@ use crate::kafka::{DeadLetterWriter, KafkaConnect, KafkaCounters, KafkaFlags, Ka
 use crate::sink::postgres::SinkFeed;
 use crate::source::{now_ms, probe_frontier, GeneratorSource, InFlight, Source};
 
-/// Bits of an Ingest event's position that hold its index in its request (a request has
-/// at most 100,000 events).
+/// Bits of an Ingest event's position that hold its index in its request.
 const INGEST_INDEX_BITS: u32 = 17;
+const _: () = assert!(tidemark_proto::limits::MAX_INGEST_EVENTS <= 1 << INGEST_INDEX_BITS, "a request's indexes fit below its sequence");
+
+/// The records of one Ingest request whose first event has position `first_position`.
+fn ingest_records(first_position: u64, events: Vec<Vec<u8>>) -> impl Iterator<Item = RawRecord> {
+    events.into_iter().enumerate().map(move |(i, bytes)| RawRecord { format: Format::Json, position: first_position + i as u64, bytes })
+}
 
 /// Most generated records inserted per loop iteration.
 const GENERATED_PER_STEP: usize = 50_000;
@@ -324,7 +329,6 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
     let mut peeks: Vec<PeekRun> = Vec::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let (mut since, mut reported) = (0, (0, 0));
-    let mut position = (worker.index() as u64) << 40;
     // Thread `i` of the cluster generates part `i` of the traffic, paced to the wall clock.
     let mut generator = ctx.generator.clone().map(|config| GeneratorSource::new(config, worker.index(), worker.peers(), tick, true, None));
     let mut generated = Vec::new();
@@ -346,10 +350,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                 input.advance_to(entry.time);
             }
             let n = entry.events.len();
-            for (i, bytes) in entry.events.into_iter().enumerate() {
-                input.insert(RawRecord { format: Format::Json, position: entry.first_position + i as u64, bytes });
-            }
-            position = position.max(entry.first_position + n as u64);
+            ingest_records(entry.first_position, entry.events).for_each(|r| input.insert(r));
             ctx.ingested.inc_by(n as u64);
             in_flight.push(*input.time(), n);
             replayed += n;
@@ -379,9 +380,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                 Ok(()) => {
                     debug_assert_eq!(entry.time, *input.time(), "the input waits at a pending request's time");
                     let n = entry.events.len();
-                    for (i, bytes) in entry.events.into_iter().enumerate() {
-                        input.insert(RawRecord { format: Format::Json, position: entry.first_position + i as u64, bytes });
-                    }
+                    ingest_records(entry.first_position, entry.events).for_each(|r| input.insert(r));
                     ctx.ingested.inc_by(n as u64);
                     input.flush();
                     inserted += n;
@@ -468,9 +467,7 @@ pub fn run(worker: &mut timely::worker::Worker, ctx: ThreadContext) -> anyhow::R
                         }
                         None => {
                             ctx.ingested.inc_by(events.len() as u64);
-                            for (i, bytes) in events.into_iter().enumerate() {
-                                input.insert(RawRecord { format: Format::Json, position: first_position + i as u64, bytes });
-                            }
+                            ingest_records(first_position, events).for_each(|r| input.insert(r));
                             input.flush();
                             reply(ThreadReply::Ingest { id, result: Ok(IngestOutcome { time, accepted, rejects }) });
                         }
