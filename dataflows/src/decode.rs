@@ -387,8 +387,7 @@ fn id_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
     if text.starts_with('"') {
-        let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?;
-        return Ok((!s.is_empty()).then(|| Text::from(s.as_ref())));
+        return Ok(json_string(text, field)?.map(|s| Text::from(s.as_ref())));
     }
     let digits = text.strip_prefix('-').unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -407,12 +406,58 @@ fn text_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
     match raw.get() {
         "null" => Ok(None),
-        text if text.starts_with('"') => {
-            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?;
-            Ok((!s.is_empty()).then(|| Text::from(s.as_ref())))
-        }
+        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| Text::from(s.as_ref()))),
         text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
     }
+}
+
+/// A text field whose values repeat across events (a country, a category, a UTM source):
+/// as [`text_of`], with equal values sharing one allocation ([`intern`]).
+fn dimension_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.get() {
+        "null" => Ok(None),
+        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| intern(&s))),
+        text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
+    }
+}
+
+/// The value of a JSON string literal (`None` if empty). The raw value is a complete,
+/// valid literal; one without escapes is its bytes between the quotes.
+fn json_string<'a>(literal: &'a str, field: &str) -> Result<Option<Cow<'a, str>>, Invalid> {
+    let inner = &literal[1..literal.len().saturating_sub(1).max(1)];
+    let s: Cow<'a, str> = if literal.len() >= 2 && literal.ends_with('"') && !inner.contains('\\') {
+        Cow::Borrowed(inner)
+    } else {
+        serde_json::from_str(literal).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?
+    };
+    Ok((!s.is_empty()).then_some(s))
+}
+
+/// The most distinct values [`intern`] shares per thread; later ones are allocated each
+/// time, so a field with unbounded values cannot grow the table.
+const INTERNED_PER_THREAD: usize = 65_536;
+
+thread_local! {
+    static INTERNED: std::cell::RefCell<foldhash::HashSet<Text>> = std::cell::RefCell::new(foldhash::HashSet::default());
+}
+
+/// `value` as a [`Text`] shared with every earlier equal value interned on this thread:
+/// what the views copy and compare (funnel keys, session dimensions) then shares one
+/// allocation, and equal values compare by pointer. Only sharing changes: the value is
+/// the same text, in every process.
+pub fn intern(value: &str) -> Text {
+    INTERNED.with(|table| {
+        let mut table = table.borrow_mut();
+        if let Some(text) = table.get(value) {
+            return text.clone();
+        }
+        let text = Text::from(value);
+        if table.len() < INTERNED_PER_THREAD {
+            table.insert(text.clone());
+        }
+        text
+    })
 }
 
 /// A number field read from its literal (`None` if absent or null): a number too large
@@ -566,25 +611,25 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
     let user_id = id_of(wire.user_id, "user_id")?;
     let session_id = id_of(wire.session_id, "session_id")?;
     let product_id = id_of(wire.product_id, "product_id")?;
-    let category = text_of(wire.category, "category")?;
+    let category = dimension_of(wire.category, "category")?;
     let price = number_of(wire.price, "price")?;
-    let currency = text_of(wire.currency, "currency")?;
+    let currency = dimension_of(wire.currency, "currency")?;
     let order_id = id_of(wire.order_id, "order_id")?;
     let utm = match wire.utm {
         None => None,
-        Some(Object(u)) => Some(Utm { source: text_of(u.source, "utm.source")?, medium: text_of(u.medium, "utm.medium")?, campaign: text_of(u.campaign, "utm.campaign")? }),
+        Some(Object(u)) => Some(Utm { source: dimension_of(u.source, "utm.source")?, medium: dimension_of(u.medium, "utm.medium")?, campaign: dimension_of(u.campaign, "utm.campaign")? }),
     };
     let device = match wire.device {
         None => None,
-        Some(Object(d)) => Some(Device { os: text_of(d.os, "device.os")?, mobile: d.mobile, device_id: id_of(d.device_id, "device.device_id")? }),
+        Some(Object(d)) => Some(Device { os: dimension_of(d.os, "device.os")?, mobile: d.mobile, device_id: id_of(d.device_id, "device.device_id")? }),
     };
     let geo_wire = match wire.geo {
         None => None,
-        Some(Object(g)) => Some((text_of(g.country, "geo.country")?, text_of(g.city, "geo.city")?, number_of(g.lat, "geo.lat")?, number_of(g.lon, "geo.lon")?)),
+        Some(Object(g)) => Some((dimension_of(g.country, "geo.country")?, dimension_of(g.city, "geo.city")?, number_of(g.lat, "geo.lat")?, number_of(g.lon, "geo.lon")?)),
     };
     let ip = text_of(wire.ip, "ip")?;
     let card_id = id_of(wire.card_id, "card_id")?;
-    let billing_country = text_of(wire.billing_country, "billing_country")?;
+    let billing_country = dimension_of(wire.billing_country, "billing_country")?;
     let retracts = id_of(wire.retracts, "retracts")?;
     let event_id = event_id.ok_or_else(|| Invalid::missing("event_id"))?;
     let type_name = type_name.ok_or_else(|| Invalid::missing("event_type"))?;
@@ -658,7 +703,7 @@ fn decode_rees46(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<E
     let mut event = Event::new(&format!("rees46:{position}"), event_type, event_ts, user);
     event.session_id = non_empty(session);
     event.product_id = non_empty(product);
-    event.category = non_empty(category_code);
+    event.category = (!category_code.is_empty()).then(|| intern(category_code));
     event.price_cents = Some(to_cents(price, "price")?);
     Ok(event)
 }

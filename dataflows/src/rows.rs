@@ -78,8 +78,8 @@ pub struct SessionRow {
     pub category: Option<Text>,
 }
 
-/// The arrangement key of an id: a fixed, process-independent 64-bit hash (SipHash-1-3
-/// with zero keys over the id's UTF-8 bytes).
+/// The arrangement key of an id: its placement hash ([`tidemark_routing::key_hash`],
+/// fixed and process-independent).
 ///
 /// Arrangements are keyed by this hash rather than by the id itself, because comparing
 /// integers is much cheaper than comparing strings. The ids stay in the values, and every
@@ -88,14 +88,11 @@ pub struct SessionRow {
 /// `key_of(id) mod workers`, the rule the coordinator routes lookups by
 /// (`tidemark_proto::routing`).
 pub fn key_of(id: &str) -> u64 {
-    use std::hash::Hasher;
-    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
-    hasher.write(id.as_bytes());
-    hasher.finish()
+    tidemark_routing::key_hash(id)
 }
 
 /// Separates the values of a multi-column key in its routing text.
-pub const ROUTE_SEPARATOR: char = '\u{1f}';
+pub const ROUTE_SEPARATOR: char = tidemark_routing::SEPARATOR;
 
 /// The worker placement of a view's key: [`key_of`] its routing text (the routing
 /// columns as text, joined by [`ROUTE_SEPARATOR`]).
@@ -304,8 +301,8 @@ impl Dimension {
     }
 }
 
-/// Key of the `funnel` view.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Key of the `funnel` view, ordered by its fields in order (the values as text).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunnelKey {
     /// Window size.
     pub granularity: Granularity,
@@ -315,6 +312,25 @@ pub struct FunnelKey {
     pub dimension: Dimension,
     /// Dimension value (`all` for [`Dimension::All`], `(none)` when absent).
     pub value: Text,
+}
+
+impl Ord for FunnelKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.granularity, self.window_start, self.dimension).cmp(&(other.granularity, other.window_start, other.dimension)).then_with(|| {
+            // Decoded dimension values are interned: equal ones mostly share a pointer.
+            if Arc::ptr_eq(&self.value, &other.value) {
+                std::cmp::Ordering::Equal
+            } else {
+                self.value.cmp(&other.value)
+            }
+        })
+    }
+}
+
+impl PartialOrd for FunnelKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Every funnel key a session counts under: one per granularity and dimension, in the

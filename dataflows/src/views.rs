@@ -47,7 +47,8 @@
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::trace::implementations::{ValBatcher, ValBuilder, ValSpine};
+use differential_dataflow::difference::Multiply;
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::sync::Arc;
 
@@ -68,10 +69,11 @@ use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
 use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
 use crate::operators::cancel::{bind, resolve};
 use crate::operators::dedup::{Dedup, Delivery};
-use crate::operators::funnel::FunnelSums;
+use crate::operators::accumulate::Accumulate;
+use crate::operators::sessions::{SessionChange, Sessions};
 use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
-use crate::rows::{key_of, Route, sessionize_users, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionEvent, SessionRow};
+use crate::rows::{key_of, Route, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -487,22 +489,21 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
     let events = hold_future(valid, "Expire: events after retention").as_collection();
     let duplicates = hold_future(duplicates, "Expire: duplicates after retention").as_collection();
 
-    let sessions = with(Part::Sessions).then(|| {
-        let by_user = arrange_routed(events.clone().map(|e| (key_of(&e.user_id), SessionEvent::from(&e))), "Arrange: events by user");
-        by_user.reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<u64, SessionRow, Time, isize>, _, _>(
-            "Reduce: sessions by user",
-            |_key, input, output| output.extend(sessionize_users(&expanded(input).collect::<Vec<_>>()).into_iter().map(|s| (s, 1))),
-            push_keyed,
-        )
+    // Sessions by user, with the changes they make to the funnel's sums
+    // (operators::sessions); the funnel and the kpis sum those changes by key.
+    let changes = with(Part::Sessions).then(|| {
+        events.inner.clone().sessions().ok_err(|(change, t, r)| match change {
+            SessionChange::Session(s) => Ok(((key_of(&s.user_id), s), t, r)),
+            SessionChange::Funnel(k, a) => Err((k, t, a)),
+        })
     });
-    // The funnel: the changes of `sessions`, netted by key with the distinct users per key
-    // (operators::funnel), summed into the view.
+    let sessions = changes.as_ref().map(|(rows, _)| arrange_placed(rows.clone().as_collection(), "Arrange: sessions"));
+    let funnel_changes = changes.map(|(_, funnel)| funnel);
     let funnel = with(Part::Funnel).then(|| {
-        let changes = sessions.clone().expect("the funnel needs the sessions").as_collection(|_, s| s.clone());
-        changes.inner.funnel_sums().as_collection().count_total()
+        let sums = funnel_changes.clone().expect("the funnel needs the sessions").accumulate("Funnel: sums by key");
+        arrange_placed(sums.as_collection(), "Arrange: funnel")
     });
-
-    let kpis = with(Part::Kpis).then(|| kpis(events.clone(), funnel.clone().expect("the kpis need the funnel")));
+    let kpis = with(Part::Kpis).then(|| kpis(events.clone(), funnel_changes.clone().expect("the kpis need the sessions")));
 
     let all_rejects = rejects.concat(duplicates);
     let rejected_by_reason = with(Part::RejectedByReason).then(|| {
@@ -522,8 +523,8 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
         clv,
         fraud,
         sessions,
-        funnel: funnel.map(|funnel| arrange_routed(funnel, "Arrange: funnel")),
-        kpis: kpis.map(|kpis| arrange_routed(kpis, "Arrange: kpis")),
+        funnel,
+        kpis,
         rejected_by_reason,
         rejects,
         events,
@@ -541,6 +542,17 @@ where
 {
     let pact = Exchange::new(|update: &((K, V), Time, isize)| (update.0).0.route());
     arrange_core::<_, _, ValBatcher<K, V, Time, isize>, ValSpine<K, V, Time, isize>>(collection.inner, pact, name, ValBatcher::new)
+}
+
+/// Arranges by key a collection that is already on its key's owner (worker
+/// `key.route() mod workers`, as [`arrange_routed`] places it): the output of an
+/// operator that exchanged its input by the same rule.
+pub(crate) fn arrange_placed<'scope, K, V>(collection: VecCollection<'scope, Time, (K, V)>, name: &str) -> ViewArrangement<'scope, K, V>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+{
+    arrange_core::<_, _, ValBatcher<K, V, Time, isize>, ValSpine<K, V, Time, isize>>(collection.inner, Pipeline, name, ValBatcher::new)
 }
 
 /// Decodes records where they were read: every accepted event as a [`Delivery`] that
@@ -675,23 +687,23 @@ pub(crate) fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64
     buffer.extend(updates.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
 }
 
-/// `kpis`: event sums by event-time window, distinct orders, and the funnel's `all` rows.
-fn kpis<'scope>(
-    events: VecCollection<'scope, Time, Arc<Event>>,
-    funnel: VecCollection<'scope, Time, (FunnelKey, FunnelAgg)>,
-) -> VecCollection<'scope, Time, (KpiKey, KpiAgg)> {
+/// `kpis`: event sums by event-time window, distinct orders, and the sessions part of
+/// the funnel's `all` changes, summed by window.
+fn kpis<'scope>(events: VecCollection<'scope, Time, Arc<Event>>, funnel: Stream<'scope, Time, Vec<(FunnelKey, Time, FunnelAgg)>>) -> ViewArrangement<'scope, KpiKey, KpiAgg> {
     let key = |granularity: Granularity, ts: Millis| KpiKey { granularity, window_start: granularity.window_start(ts) };
-    let by_event = events.clone().explode(move |e| {
-        let agg = KpiAgg::of_event(&e);
-        Granularity::ALL.map(|g| (key(g, e.event_ts), agg))
+    let by_event = events.inner.clone().flat_map(move |(e, t, r)| {
+        let agg = KpiAgg::of_event(&e).multiply(&r);
+        Granularity::ALL.map(|g| (key(g, e.event_ts), t, agg))
     });
     let orders = events
         .filter(|e| e.event_type == EventType::Purchase)
         .flat_map(|e| Granularity::ALL.map(|g| -> OrderInWindow { (g, g.window_start(e.event_ts), e.order_key().to_owned()) }))
         .distinct()
-        .explode(|(granularity, window_start, _order)| Some((KpiKey { granularity, window_start }, KpiAgg { orders: 1, ..KpiAgg::default() })));
-    let sessions = funnel
-        .filter(|(k, _)| k.dimension == Dimension::All)
-        .explode(|(k, a)| Some((KpiKey { granularity: k.granularity, window_start: k.window_start }, KpiAgg::of_funnel(&a))));
-    by_event.concatenate([orders, sessions]).count_total()
+        .inner
+        .map(|((granularity, window_start, _order), t, r)| (KpiKey { granularity, window_start }, t, KpiAgg { orders: 1, ..KpiAgg::default() }.multiply(&r)));
+    let sessions = funnel.flat_map(|(k, t, a)| {
+        (k.dimension == Dimension::All).then(|| (KpiKey { granularity: k.granularity, window_start: k.window_start }, t, KpiAgg::of_funnel(&a)))
+    });
+    let sums = by_event.concat(orders).concat(sessions).sum_each_message("Kpis: sums of each message").accumulate("Kpis: sums by window");
+    arrange_placed(sums.as_collection(), "Arrange: kpis")
 }

@@ -10,31 +10,16 @@
 //!
 //! where the routing text is the routing columns' values written as text (integers and
 //! timestamps in decimal, strings as they are, booleans as `true`/`false`) joined by the
-//! unit separator U+001F, and [`key_hash`] is SipHash-1-3 with zero keys over its UTF-8
-//! bytes. Timely numbers worker threads process by process, so a process owns the
+//! unit separator U+001F, and [`key_hash`] is the placement hash of the `tidemark-routing`
+//! crate, which the dataflows use too. Timely numbers worker threads process by process, so a process owns the
 //! consecutive range of worker indices `[process × threads, (process + 1) × threads)`.
 //! Workers place their arrangements by this rule, and the coordinator uses it to send a
 //! lookup by key to the owner's process only.
 
-use std::hash::Hasher;
-
 use crate::v1::value::Kind;
 use crate::v1::Value;
 
-/// Separates the values of a multi-column routing key.
-pub const SEPARATOR: char = '\u{1f}';
-
-/// The stable 64-bit hash of a routing text (or of any id).
-pub fn key_hash(text: &str) -> u64 {
-    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
-    hasher.write(text.as_bytes());
-    hasher.finish()
-}
-
-/// The worker thread (global index) that owns a hash, of `workers` in all.
-pub fn owner(hash: u64, workers: usize) -> usize {
-    (hash % workers.max(1) as u64) as usize
-}
+pub use tidemark_routing::{key_hash, owner, SEPARATOR};
 
 /// The routing text of key values, or `None` if one of them is null or bytes (which no
 /// view uses as a routing column).
@@ -65,16 +50,6 @@ pub fn owner_process(values: &[Value], processes: usize, threads_per_process: us
 mod tests {
     use super::*;
     use crate::value;
-
-    /// The hash is fixed: these values must never change, or a coordinator and workers of
-    /// different builds would disagree about where keys live.
-    #[test]
-    fn key_hash_is_stable() {
-        assert_eq!(key_hash(""), key_hash(""));
-        assert_ne!(key_hash("a"), key_hash("b"));
-        let pinned = [("", 0xd1fba762150c532c_u64), ("user-1", key_hash("user-1"))];
-        assert_eq!(key_hash(pinned[0].0), pinned[0].1);
-    }
 
     #[test]
     fn routing_text_joins_values() {

@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Print no live summary, only the final one.
     #[arg(long, short = 'q', env = "TIDEMARK_QUIET")]
     pub quiet: bool,
+    /// At the end, print to stderr the time each dataflow operator took (self time,
+    /// summed over the worker threads of this process), busiest first.
+    #[arg(long)]
+    pub profile_operators: bool,
 }
 
 /// The built-in generator's traffic (`tidemark run`, `tidemark worker --generate`).

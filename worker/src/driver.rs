@@ -84,6 +84,8 @@ pub struct Shared {
     pub kafka: Arc<crate::kafka::KafkaCounters>,
     /// A fatal error of a worker, reported by the aggregator.
     pub error: Mutex<Option<String>>,
+    /// Operator times, with `--profile-operators`.
+    pub profile: crate::profile::OperatorProfile,
 }
 
 /// Runs the process to the end; returns the summary of the final state.
@@ -178,6 +180,9 @@ fn aggregate(args: &RunArgs, shared: &Shared, rx: Receiver<Message>) -> anyhow::
     let final_time = shared.final_time.load(Ordering::SeqCst);
     outputs.finish(final_time)?;
     summary.render_final(final_time, started.elapsed());
+    if args.profile_operators {
+        eprint!("{}", shared.profile.report());
+    }
     Ok(())
 }
 
@@ -210,6 +215,7 @@ fn run_worker(
     let (index, peers) = (worker.index(), worker.peers());
     let full = args.views_out.is_some() || args.changes_out.is_some();
     let dead_letter = args.dead_letter.is_some();
+    let profile = args.profile_operators.then(|| shared.profile.attach(worker));
     let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
         let (input, records) = scope.new_collection::<RawRecord, isize>();
         let views = build(records, config);
@@ -298,6 +304,9 @@ fn run_worker(
     worker.step_while(|| probe.less_than(&end));
     if index == 0 {
         shared.frontier.store(end, Ordering::Relaxed);
+    }
+    if let Some(profile) = profile {
+        profile.finish(worker);
     }
     shared.finished.fetch_add(1, Ordering::SeqCst);
     // Keep serving the cluster (progress for the other processes) until the outputs are

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod log;
 pub mod output;
 pub mod produce;
+pub mod profile;
 pub mod serve;
 pub mod sink;
 pub mod source;

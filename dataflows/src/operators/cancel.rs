@@ -64,8 +64,8 @@ pub fn bind<'scope>(kept: Updates<'scope, Delivery>, announced: Updates<'scope, 
         let mut deliveries: Pending<Delivery> = Pending::default();
         let mut announcements: Pending<Announcement> = Pending::default();
         // Per id: its live kept delivery, and cancellers waiting for one (until they expire).
-        let mut live: HashMap<Text, Delivery> = HashMap::new();
-        let mut waiting: HashMap<Text, Vec<Delivery>> = HashMap::new();
+        let mut live: foldhash::HashMap<Text, Delivery> = Default::default();
+        let mut waiting: foldhash::HashMap<Text, Vec<Delivery>> = Default::default();
         let mut by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
         move |(kept, kept_frontier), (announced, announced_frontier), output| {
             kept.for_each(|cap, data| {

@@ -43,7 +43,9 @@
 //! });
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -87,7 +89,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Time, Vec<(Delivery, Time, isize)>
         self.unary_frontier::<CapacityContainerBuilder<Vec<Outcome>>, _, _, _>(pact, "Dedup: deliveries by event_id, at arrival", move |_, _| {
             let mut pending: Pending<(Delivery, isize)> = Pending::default();
             // The live kept delivery's expiry per id, and the ids by expiry.
-            let mut kept: HashMap<Text, Time> = HashMap::new();
+            let mut kept: HashMap<Text, Time> = HashMap::default();
             let mut by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {

@@ -1,0 +1,338 @@
+//! `sessions`: each user's sessions, and the changes they make to the funnel's sums.
+//!
+//! Input: the valid events (insertions, expiries, corrections) at ingestion times.
+//! Events are placed on the worker of their user ([`key_of`] the user id) and taken time
+//! by time, in time order, once the frontier has passed a time. Per user the operator
+//! keeps the user's live events in session order and the user's sessions; when a time
+//! changes a user's events, it splits them into sessions again ([`sessionize`], the
+//! same function for every user and time) and emits what differs:
+//!
+//! - [`SessionChange::Session`]: the old rows retracted and the new ones inserted (a
+//!   session that did not change emits nothing);
+//! - [`SessionChange::Funnel`]: for every funnel key ([`funnel_keys`]) of a changed
+//!   session, the change of the key's [`FunnelAgg`] sums, with `unique_users` moving
+//!   only when the number of the user's sessions under the key leaves or comes back to 0;
+//!   summed over the time's users before it is emitted, and nothing when a session's
+//!   change leaves its funnel keys and sums as they were (a page view added to it, say).
+//!
+//! Users are placed by the hash of their id and kept by the id itself: two ids that
+//! share a hash are never merged. The output is on the user's worker, so the `sessions`
+//! rows can be arranged by [`key_of`] the user id without another exchange.
+//!
+//! State: per user with live events, the events (a shared pointer and its sort key) and
+//! the sessions; a user whose events have all left is forgotten.
+
+use foldhash::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::Stream;
+
+use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
+
+use crate::event::{Event, Text};
+use crate::rows::{funnel_keys, key_of, sessionize, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow};
+use crate::time::{Granularity, Millis, Time};
+use crate::views::Pending;
+
+/// What the `sessions` operator emits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SessionChange {
+    /// A `sessions` row, with the update's diff as the diff.
+    Session(SessionRow),
+    /// A change of a funnel key's sums (the update's diff is 1).
+    Funnel(FunnelKey, FunnelAgg),
+}
+
+/// See the [module docs](self).
+pub trait Sessions<'scope> {
+    /// The changes of the `sessions` rows and of the funnel's sums.
+    fn sessions(self) -> Stream<'scope, Time, Vec<(SessionChange, Time, isize)>>;
+}
+
+/// One user's live events (in session order, with their counts) and sessions.
+#[derive(Default)]
+struct User {
+    events: Vec<(SessionEvent, isize)>,
+    sessions: Vec<SessionRow>,
+}
+
+impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, isize)>> {
+    fn sessions(self) -> Stream<'scope, Time, Vec<(SessionChange, Time, isize)>> {
+        let pact = Exchange::new(|(e, _, _): &(Arc<Event>, Time, isize)| key_of(&e.user_id));
+        self.unary_frontier::<CapacityContainerBuilder<Vec<(SessionChange, Time, isize)>>, _, _, _>(pact, "Sessions: by user, with the funnel's changes", |_, _| {
+            let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
+            let mut users: HashMap<Text, User> = HashMap::default();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (e, t, r) in data.drain(..) {
+                        pending.push(&cap, t, (e, r));
+                    }
+                });
+                while let Some((cap, time, changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
+                    let mut changes: Vec<((Text, SessionEvent), isize)> =
+                        changes.into_iter().map(|(e, r)| ((e.user_id.clone(), SessionEvent::from(&e)), r)).collect();
+                    differential_dataflow::consolidation::consolidate(&mut changes);
+                    let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
+                    let mut funnel: HashMap<FunnelKey, FunnelAgg> = HashMap::default();
+                    let mut rest = &changes[..];
+                    while let Some(((user_id, _), _)) = rest.first() {
+                        let run = rest.iter().take_while(|((u, _), _)| u == user_id).count();
+                        let (mine, later) = rest.split_at(run);
+                        rest = later;
+                        let user = users.entry(user_id.clone()).or_default();
+                        for ((_, event), r) in mine {
+                            apply(&mut user.events, event, *r);
+                        }
+                        let expanded: Vec<&SessionEvent> = user.events.iter().flat_map(|(e, n)| std::iter::repeat_n(e, (*n).max(0) as usize)).collect();
+                        let mut sessions = sessionize(&expanded);
+                        sessions.sort();
+                        let old = std::mem::replace(&mut user.sessions, sessions);
+                        let (removed, added) = difference(&old, &user.sessions);
+                        funnel_changes(&old, &user.sessions, &removed, &added, &mut funnel);
+                        for s in removed {
+                            out.push((SessionChange::Session(s.clone()), time, -1));
+                        }
+                        for s in added {
+                            out.push((SessionChange::Session(s.clone()), time, 1));
+                        }
+                        if user.events.is_empty() {
+                            users.remove(user_id);
+                        }
+                    }
+                    out.extend(funnel.into_iter().filter(|(_, a)| !a.is_zero()).map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
+                    output.session(&cap).give_iterator(out.into_iter());
+                }
+                pending.settle();
+            }
+        })
+    }
+}
+
+/// Adds `r` copies of `event` to a user's events, kept sorted and without zero counts.
+fn apply(events: &mut Vec<(SessionEvent, isize)>, event: &SessionEvent, r: isize) {
+    match events.binary_search_by(|(e, _)| e.cmp(event)) {
+        Ok(i) => {
+            events[i].1 += r;
+            if events[i].1 == 0 {
+                events.remove(i);
+            }
+        }
+        Err(i) => events.insert(i, (event.clone(), r)),
+    }
+}
+
+/// The rows of `old` not in `new`, and of `new` not in `old` (both sorted).
+fn difference<'a>(old: &'a [SessionRow], new: &'a [SessionRow]) -> (Vec<&'a SessionRow>, Vec<&'a SessionRow>) {
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                removed.push(a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                removed.push(a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                added.push(b);
+                j += 1;
+            }
+            (None, None) => unreachable!("the loop runs while one side has rows"),
+        }
+    }
+    (removed, added)
+}
+
+/// What of a session the funnel sees: its windows, sums and dimension values.
+fn funnel_part(s: &SessionRow) -> ([Millis; 3], FunnelAgg, [&Option<Text>; 4]) {
+    (Granularity::ALL.map(|g| g.window_start(s.start_ts)), FunnelAgg::of_session(s), [&s.country, &s.device, &s.utm_source, &s.category])
+}
+
+/// Whether a session counts under `key`.
+fn counts_under(s: &SessionRow, key: &FunnelKey) -> bool {
+    key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_of(s) == key.value)
+}
+
+/// Adds to `funnel` the changes of the funnel's sums when a user's sessions go from `old`
+/// to `new` (`removed` and `added` being the difference).
+fn funnel_changes(old: &[SessionRow], new: &[SessionRow], removed: &[&SessionRow], added: &[&SessionRow], funnel: &mut HashMap<FunnelKey, FunnelAgg>) {
+    // The common case of a session that grew without changing what the funnel sees.
+    if removed.len() == added.len() {
+        let mut a: Vec<_> = removed.iter().map(|s| funnel_part(s)).collect();
+        let mut b: Vec<_> = added.iter().map(|s| funnel_part(s)).collect();
+        a.sort();
+        b.sort();
+        if a == b {
+            return;
+        }
+    }
+    // Per key of a changed session: the sums' change, and the change in the number of
+    // the user's sessions under it (a session's keys are distinct).
+    let mut deltas: Vec<(FunnelKey, FunnelAgg, isize)> = Vec::with_capacity(15 * (removed.len() + added.len()));
+    for (sessions, sign) in [(removed, -1isize), (added, 1)] {
+        for s in sessions {
+            let agg = FunnelAgg::of_session(s).multiply(&sign);
+            for key in funnel_keys(s) {
+                match deltas.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, sum, count)) => {
+                        sum.plus_equals(&agg);
+                        *count += sign;
+                    }
+                    None => deltas.push((key, agg, sign)),
+                }
+            }
+        }
+    }
+    for (key, mut sum, count) in deltas {
+        if count != 0 {
+            let before = old.iter().filter(|s| counts_under(s, &key)).count();
+            let after = new.iter().filter(|s| counts_under(s, &key)).count();
+            sum.unique_users = i64::from(after > 0) - i64::from(before > 0);
+        }
+        if !sum.is_zero() {
+            funnel.entry(key).or_default().plus_equals(&sum);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use differential_dataflow::consolidation::consolidate;
+    use differential_dataflow::input::Input;
+    use proptest::prelude::*;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+    use crate::event::{EventType, Geo};
+    use crate::rows::group_by_id;
+
+    /// An event of the random histories: few users, ids, times and dimension values, so
+    /// that sessions merge, split, share keys and come back.
+    fn event(n: u8, user: u8, ts: i64, kind: u8, session: Option<u8>, country: Option<u8>) -> Arc<Event> {
+        let types = [EventType::PageView, EventType::ProductView, EventType::AddToCart, EventType::Checkout, EventType::Purchase];
+        let mut e = Event::new(&format!("e{n}"), types[kind as usize % types.len()], ts, &format!("u{user}"));
+        e.session_id = session.map(|s| Text::from(format!("s{s}")));
+        e.geo = country.map(|c| Geo { country: Some(Text::from(["DE", "FR"][c as usize % 2])), city: None, lat_e6: None, lon_e6: None });
+        e.price_cents = (e.event_type == EventType::Purchase).then_some(1000 + i64::from(n));
+        Arc::new(e)
+    }
+
+    /// The naive answer at one time: the sessions of the live events, user by user, and
+    /// the funnel's sums with every user counted once per key.
+    fn naive(live: &[(Arc<Event>, isize)]) -> (Vec<SessionRow>, BTreeMap<FunnelKey, FunnelAgg>) {
+        let events: Vec<SessionEvent> = live.iter().flat_map(|(e, n)| std::iter::repeat_n(SessionEvent::from(e), (*n).max(0) as usize)).collect();
+        let mut sorted: Vec<&SessionEvent> = events.iter().collect();
+        sorted.sort();
+        let mut sessions: Vec<SessionRow> = group_by_id(sorted, |e| &e.event.user_id).into_iter().flat_map(|user| sessionize(&user)).collect();
+        sessions.sort();
+        let mut funnel: BTreeMap<FunnelKey, FunnelAgg> = BTreeMap::new();
+        let mut users: BTreeMap<FunnelKey, std::collections::BTreeSet<Text>> = BTreeMap::new();
+        for s in &sessions {
+            for key in funnel_keys(s) {
+                funnel.entry(key.clone()).or_default().plus_equals(&FunnelAgg::of_session(s));
+                users.entry(key).or_default().insert(s.user_id.clone());
+            }
+        }
+        for (key, agg) in funnel.iter_mut() {
+            agg.unique_users = users[key].len() as i64;
+        }
+        (sessions, funnel)
+    }
+
+    type Output = (Vec<(SessionRow, Time, isize)>, Vec<(FunnelKey, Time, FunnelAgg)>);
+
+    /// Runs the operator on `workers` workers, worker `i` inserting the updates `i mod
+    /// workers` (so times arrive out of order between workers).
+    fn run(updates: Vec<(Time, Arc<Event>, isize)>, workers: usize) -> Output {
+        let out: Arc<Mutex<Output>> = Arc::default();
+        let sink = out.clone();
+        let last = updates.iter().map(|(t, _, _)| *t).max().unwrap_or(0);
+        let updates = Arc::new(updates);
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let (sink, updates) = (sink.clone(), updates.clone());
+            let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, events) = scope.new_collection::<Arc<Event>, isize>();
+                let probe = events
+                    .inner
+                    .sessions()
+                    .inspect(move |(change, t, r)| {
+                        let mut out = sink.lock().expect("no panics");
+                        match change {
+                            SessionChange::Session(s) => out.0.push((s.clone(), *t, *r)),
+                            SessionChange::Funnel(k, a) => out.1.push((k.clone(), *t, a.multiply(r))),
+                        }
+                    })
+                    .probe()
+                    .0;
+                (input, probe)
+            });
+            for (i, (t, e, r)) in updates.iter().enumerate() {
+                if i % worker.peers() == worker.index() {
+                    input.advance_to(*t);
+                    input.update(e.clone(), *r);
+                }
+            }
+            input.advance_to(last + 1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&(last + 1)));
+        })
+        .expect("timely runs");
+        let out = out.lock().expect("done");
+        (out.0.clone(), out.1.clone())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// At every time, the sessions emitted so far are the naive sessions of the live
+        /// events, and the funnel changes emitted so far sum to the naive funnel: with
+        /// events inserted at one time and retracted at a later one (expiry, corrections),
+        /// shop sessions and derived ones, and several workers.
+        #[test]
+        fn equals_the_naive_sessions_and_funnel(
+            specs in prop::collection::vec((0u8..4, 0i64..8, 0u8..5, prop::option::of(0u8..2), prop::option::of(0u8..2), 0u64..6, prop::option::of(1u64..5)), 1..40),
+            workers in 1usize..=3,
+        ) {
+            let mut updates = Vec::new();
+            for (n, (user, slot, kind, session, country, at, stays)) in specs.into_iter().enumerate() {
+                // Event times 20 minutes apart: derived sessions join and split (30 min gap).
+                let e = event(n as u8, user, slot * 20 * 60 * 1000, kind, session, country);
+                updates.push((at, e.clone(), 1));
+                if let Some(stays) = stays {
+                    updates.push((at + stays, e, -1));
+                }
+            }
+            updates.sort_by_key(|(t, _, _)| *t);
+            let (sessions, funnel) = run(updates.clone(), workers);
+            let last = updates.iter().map(|(t, _, _)| *t).max().unwrap_or(0);
+            for t in 0..=last {
+                let mut live: Vec<(Arc<Event>, isize)> = updates.iter().filter(|(at, _, _)| *at <= t).map(|(_, e, r)| (e.clone(), *r)).collect();
+                consolidate(&mut live);
+                let (want_sessions, want_funnel) = naive(&live);
+                let mut got: Vec<(SessionRow, isize)> = sessions.iter().filter(|(_, at, _)| *at <= t).map(|(s, _, r)| (s.clone(), *r)).collect();
+                consolidate(&mut got);
+                prop_assert!(got.iter().all(|(_, r)| *r == 1), "time {}: a session counted other than once: {:?}", t, got);
+                let got: Vec<SessionRow> = got.into_iter().map(|(s, _)| s).collect();
+                prop_assert_eq!(&got, &want_sessions, "sessions at time {}", t);
+                let mut sums: BTreeMap<FunnelKey, FunnelAgg> = BTreeMap::new();
+                for (k, _, a) in funnel.iter().filter(|(_, at, _)| *at <= t) {
+                    sums.entry(k.clone()).or_default().plus_equals(a);
+                }
+                sums.retain(|_, a| !a.is_zero());
+                prop_assert_eq!(&sums, &want_funnel, "funnel at time {}", t);
+            }
+        }
+    }
+}
