@@ -58,6 +58,8 @@ pub trait Sessions<'scope> {
 struct User {
     events: Vec<(SessionEvent, isize)>,
     sessions: Vec<SessionRow>,
+    /// Whether the time being applied has changed the events.
+    touched: bool,
 }
 
 impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, isize)>> {
@@ -73,20 +75,23 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                     }
                 });
                 while let Some((cap, time, changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
-                    let mut changes: Vec<((Text, SessionEvent), isize)> =
-                        changes.into_iter().map(|(e, r)| ((e.user_id.clone(), SessionEvent::from(&e)), r)).collect();
-                    differential_dataflow::consolidation::consolidate(&mut changes);
+                    // Apply the time's changes user by user, then sessionize each user
+                    // touched (a count may dip below zero between two changes of one time;
+                    // only the counts once all are applied matter).
+                    let mut touched: Vec<Text> = Vec::new();
+                    for (e, r) in changes {
+                        let user = users.entry(e.user_id.clone()).or_default();
+                        if !user.touched {
+                            user.touched = true;
+                            touched.push(e.user_id.clone());
+                        }
+                        apply(&mut user.events, &SessionEvent::from(&e), r);
+                    }
                     let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                     let mut funnel: HashMap<FunnelKey, FunnelAgg> = HashMap::default();
-                    let mut rest = &changes[..];
-                    while let Some(((user_id, _), _)) = rest.first() {
-                        let run = rest.iter().take_while(|((u, _), _)| u == user_id).count();
-                        let (mine, later) = rest.split_at(run);
-                        rest = later;
-                        let user = users.entry(user_id.clone()).or_default();
-                        for ((_, event), r) in mine {
-                            apply(&mut user.events, event, *r);
-                        }
+                    for user_id in touched {
+                        let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
+                        user.touched = false;
                         let expanded: Vec<&SessionEvent> = user.events.iter().flat_map(|(e, n)| std::iter::repeat_n(e, (*n).max(0) as usize)).collect();
                         let mut sessions = sessionize(&expanded);
                         sessions.sort();
@@ -100,7 +105,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                             out.push((SessionChange::Session(s.clone()), time, 1));
                         }
                         if user.events.is_empty() {
-                            users.remove(user_id);
+                            users.remove(&user_id);
                         }
                     }
                     out.extend(funnel.into_iter().filter(|(_, a)| !a.is_zero()).map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));

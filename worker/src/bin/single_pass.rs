@@ -78,8 +78,9 @@ struct Args {
     /// Accepted for command-line compatibility with `tidemark run` (always max speed).
     #[arg(long, hide = true)]
     max_speed: bool,
-    /// Only generate and decode (no dedup, sessions or rows): the floor of the loop's cost.
-    #[arg(long, hide = true)]
+    /// Only generate and decode (no dedup, sessions or rows): the floor under the loop's
+    /// and the engine's cost (`scripts/bench-engine` reports it beside them).
+    #[arg(long)]
     decode_only: bool,
     /// Print only the throughput line (no breakdown on stderr).
     #[arg(long, short = 'q')]
