@@ -50,10 +50,13 @@ enum Fault {
 struct Coordinator {
     child: Option<Child>,
     args: Vec<String>,
+    /// Where each start's stderr goes (`coordinator-<n>.log` in the scratch directory).
+    dir: std::path::PathBuf,
+    logs: Vec<std::path::PathBuf>,
 }
 
 impl Coordinator {
-    fn start(workers: &[String], port: u16, metrics: u16) -> Coordinator {
+    fn start(workers: &[String], port: u16, metrics: u16, dir: &std::path::Path) -> Coordinator {
         let args = vec![
             "coordinator".to_owned(),
             "--workers".to_owned(),
@@ -63,13 +66,16 @@ impl Coordinator {
             "--metrics-listen".to_owned(),
             format!("127.0.0.1:{metrics}"),
         ];
-        let mut c = Coordinator { child: None, args };
+        let mut c = Coordinator { child: None, args, dir: dir.to_owned(), logs: Vec::new() };
         c.spawn();
         c
     }
 
     fn spawn(&mut self) {
-        self.child = Some(Command::new(env!("CARGO_BIN_EXE_tidemark")).args(&self.args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the coordinator starts"));
+        let log = self.dir.join(format!("coordinator-{}.log", self.logs.len() + 1));
+        let stderr = std::fs::File::create(&log).expect("a log file");
+        self.logs.push(log);
+        self.child = Some(Command::new(env!("CARGO_BIN_EXE_tidemark")).args(&self.args).stdout(Stdio::null()).stderr(stderr).spawn().expect("the coordinator starts"));
     }
 
     fn kill(&mut self) {
@@ -77,6 +83,11 @@ impl Coordinator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Every start's log, for a failure's message.
+    fn logs(&self) -> String {
+        self.logs.iter().map(|l| format!("== {}\n{}", l.display(), std::fs::read_to_string(l).unwrap_or_default())).collect()
     }
 }
 
@@ -188,7 +199,7 @@ fn run_seed(seed: u64) -> serde_json::Value {
     let mut pool = Pool::start(2, 2, &scratch.0, &[]);
     let ports = free_ports(2);
     let target = format!("http://127.0.0.1:{}", ports[0]);
-    let mut coordinator = Coordinator::start(&pool.addresses(), ports[0], ports[1]);
+    let mut coordinator = Coordinator::start(&pool.addresses(), ports[0], ports[1], &scratch.0);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let mut injected: Vec<String> = Vec::new();
     let (until_tx, until) = tokio::sync::watch::channel(0);
@@ -211,7 +222,7 @@ fn run_seed(seed: u64) -> serde_json::Value {
     let began = Instant::now();
     let mut faults = 0;
     while ingest.try_wait().expect("pollable").is_none() {
-        assert!(began.elapsed() < Duration::from_secs(600), "the ingest did not finish:\n{}", pool.logs());
+        assert!(began.elapsed() < Duration::from_secs(600), "the ingest did not finish:\n{}{}", pool.logs(), coordinator.logs());
         std::thread::sleep(Duration::from_millis(rng.random_range(500..2000)));
         if faults >= 4 || ingest.try_wait().expect("pollable").is_some() {
             continue;
@@ -271,7 +282,7 @@ fn run_seed(seed: u64) -> serde_json::Value {
         }
     }
     let output = ingest.wait_with_output().expect("the ingest's output");
-    assert!(output.status.success(), "tidemark ingest failed: {}\n{}", String::from_utf8_lossy(&output.stderr), pool.logs());
+    assert!(output.status.success(), "tidemark ingest failed: {}\n{}{}", String::from_utf8_lossy(&output.stderr), pool.logs(), coordinator.logs());
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
     for task in stalled {
         task.abort();
