@@ -34,7 +34,7 @@ use timely::dataflow::Stream;
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 
 use crate::event::{Event, Text};
-use crate::rows::{funnel_keys, key_of, sessionize, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow};
+use crate::rows::{funnel_keys, key_of, sessionize, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
 use crate::time::{Granularity, Millis, Time};
 use crate::views::Pending;
 
@@ -57,9 +57,39 @@ pub trait Sessions<'scope> {
 #[derive(Default)]
 struct User {
     events: Vec<(SessionEvent, isize)>,
+    /// Sorted.
     sessions: Vec<SessionRow>,
-    /// Whether the time being applied has changed the events.
-    touched: bool,
+    /// The events the time being applied has changed (empty between times).
+    changed: Vec<SessionEvent>,
+}
+
+/// The sessions a time's changes can have changed, before (`old`, from the user's
+/// sessions) and after (`new`, split again from the events, which already hold the
+/// changes): the shop sessions of every session id a changed event names, and every
+/// derived session within [`SESSION_GAP_MS`] of a changed event without one, with the
+/// derived sessions between them. A derived session farther from every change keeps
+/// its events and the gaps around them, so it is the same before and after; a shop
+/// session depends only on its own events. Both are sorted.
+fn resessionize(user: &User, changed: &[SessionEvent]) -> (Vec<SessionRow>, Vec<SessionRow>) {
+    let ids: Vec<&str> = changed.iter().filter_map(|e| e.event.session_id.as_deref()).collect();
+    let loose: Vec<Millis> = changed.iter().filter(|e| e.event.session_id.is_none()).map(|e| e.event_ts).collect();
+    let near = |s: &SessionRow| loose.iter().any(|t| s.start_ts - SESSION_GAP_MS <= *t && *t <= s.end_ts + SESSION_GAP_MS);
+    // The span of event times whose derived sessions are split again.
+    let span = loose.iter().map(|t| (*t, *t)).chain(user.sessions.iter().filter(|s| s.derived && near(s)).map(|s| (s.start_ts, s.end_ts))).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let in_span = |s: &SessionRow| span.is_some_and(|(lo, hi)| s.start_ts <= hi && s.end_ts >= lo);
+    let old: Vec<SessionRow> = user.sessions.iter().filter(|s| if s.derived { in_span(s) } else { ids.contains(&&*s.session_id) }).cloned().collect();
+    let subset: Vec<&SessionEvent> = user
+        .events
+        .iter()
+        .filter(|(e, _)| match e.event.session_id.as_deref() {
+            Some(id) => ids.contains(&id),
+            None => span.is_some_and(|(lo, hi)| lo <= e.event_ts && e.event_ts <= hi),
+        })
+        .flat_map(|(e, n)| std::iter::repeat_n(e, (*n).max(0) as usize))
+        .collect();
+    let mut new = sessionize(&subset);
+    new.sort();
+    (old, new)
 }
 
 impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, isize)>> {
@@ -81,29 +111,33 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                     let mut touched: Vec<Text> = Vec::new();
                     for (e, r) in changes {
                         let user = users.entry(e.user_id.clone()).or_default();
-                        if !user.touched {
-                            user.touched = true;
+                        if user.changed.is_empty() {
                             touched.push(e.user_id.clone());
                         }
-                        apply(&mut user.events, &SessionEvent::from(&e), r);
+                        let event = SessionEvent::from(&e);
+                        apply(&mut user.events, &event, r);
+                        user.changed.push(event);
                     }
                     let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                     let mut funnel: HashMap<FunnelKey, FunnelAgg> = HashMap::default();
                     for user_id in touched {
                         let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
-                        user.touched = false;
-                        let expanded: Vec<&SessionEvent> = user.events.iter().flat_map(|(e, n)| std::iter::repeat_n(e, (*n).max(0) as usize)).collect();
-                        let mut sessions = sessionize(&expanded);
+                        let changed = std::mem::take(&mut user.changed);
+                        let (old, new) = resessionize(user, &changed);
+                        let (removed, added) = difference(&old, &new);
+                        funnel_changes(&user.sessions, &removed, &added, &mut funnel);
+                        for s in &removed {
+                            out.push((SessionChange::Session((*s).clone()), time, -1));
+                        }
+                        for s in &added {
+                            out.push((SessionChange::Session((*s).clone()), time, 1));
+                        }
+                        // The user's sessions anew, in one allocation of the exact size.
+                        let mut sessions = Vec::with_capacity(user.sessions.len() + added.len() - removed.len());
+                        sessions.extend(user.sessions.iter().filter(|s| removed.binary_search(s).is_err()).cloned());
+                        sessions.extend(added.into_iter().cloned());
                         sessions.sort();
-                        let old = std::mem::replace(&mut user.sessions, sessions);
-                        let (removed, added) = difference(&old, &user.sessions);
-                        funnel_changes(&old, &user.sessions, &removed, &added, &mut funnel);
-                        for s in removed {
-                            out.push((SessionChange::Session(s.clone()), time, -1));
-                        }
-                        for s in added {
-                            out.push((SessionChange::Session(s.clone()), time, 1));
-                        }
+                        user.sessions = sessions;
                         if user.events.is_empty() {
                             users.remove(&user_id);
                         }
@@ -168,9 +202,9 @@ fn counts_under(s: &SessionRow, key: &FunnelKey) -> bool {
     key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_of(s) == key.value)
 }
 
-/// Adds to `funnel` the changes of the funnel's sums when a user's sessions go from `old`
-/// to `new` (`removed` and `added` being the difference).
-fn funnel_changes(old: &[SessionRow], new: &[SessionRow], removed: &[&SessionRow], added: &[&SessionRow], funnel: &mut HashMap<FunnelKey, FunnelAgg>) {
+/// Adds to `funnel` the changes of the funnel's sums when `removed` leave a user's
+/// sessions `old` and `added` join them.
+fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&SessionRow], funnel: &mut HashMap<FunnelKey, FunnelAgg>) {
     // The common case of a session that grew without changing what the funnel sees.
     if removed.len() == added.len() {
         let mut a: Vec<_> = removed.iter().map(|s| funnel_part(s)).collect();
@@ -200,8 +234,8 @@ fn funnel_changes(old: &[SessionRow], new: &[SessionRow], removed: &[&SessionRow
     }
     for (key, mut sum, count) in deltas {
         if count != 0 {
-            let before = old.iter().filter(|s| counts_under(s, &key)).count();
-            let after = new.iter().filter(|s| counts_under(s, &key)).count();
+            let before = old.iter().filter(|s| counts_under(s, &key)).count() as isize;
+            let after = before + count;
             sum.unique_users = i64::from(after > 0) - i64::from(before > 0);
         }
         if !sum.is_zero() {
