@@ -403,21 +403,22 @@ fn id_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
 
 /// A text field: `None` for an absent, null or empty string; `Err` for another type.
 fn text_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
-    let Some(raw) = raw else { return Ok(None) };
-    match raw.get() {
-        "null" => Ok(None),
-        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| Text::from(s.as_ref()))),
-        text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
-    }
+    string_of(raw, field, |s| Text::from(s))
 }
 
 /// A text field whose values repeat across events (a country, a category, a UTM source):
 /// as [`text_of`], with equal values sharing one allocation ([`intern`]).
 fn dimension_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+    string_of(raw, field, intern)
+}
+
+/// A string field made into a [`Text`] by `make`: `None` for an absent, null or empty
+/// string; `Err` for another JSON type.
+fn string_of(raw: Option<Raw<'_>>, field: &str, make: impl Fn(&str) -> Text) -> Result<Option<Text>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
     match raw.get() {
         "null" => Ok(None),
-        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| intern(&s))),
+        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| make(&s))),
         text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
     }
 }
@@ -425,11 +426,9 @@ fn dimension_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Inval
 /// The value of a JSON string literal (`None` if empty). The raw value is a complete,
 /// valid literal; one without escapes is its bytes between the quotes.
 fn json_string<'a>(literal: &'a str, field: &str) -> Result<Option<Cow<'a, str>>, Invalid> {
-    let inner = &literal[1..literal.len().saturating_sub(1).max(1)];
-    let s: Cow<'a, str> = if literal.len() >= 2 && literal.ends_with('"') && !inner.contains('\\') {
-        Cow::Borrowed(inner)
-    } else {
-        serde_json::from_str(literal).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?
+    let s: Cow<'a, str> = match literal.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => serde_json::from_str(literal).map_err(|e| Invalid(RejectReason::Malformed, format!("{field}: {e}")))?,
     };
     Ok((!s.is_empty()).then_some(s))
 }

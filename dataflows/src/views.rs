@@ -20,11 +20,11 @@
 //!    is bound to its target, and a resolver on one worker decides which kept events are
 //!    removed (chains and loops included), emitting corrections that, added to the kept
 //!    events, leave the visible ones. `retraction` events only remove.
-//! 5. **Views**: `sessions` (reduce by user); `funnel`, the sums of every session under
-//!    its keys plus the distinct users under each key ([`crate::operators::funnel`],
-//!    over the changes of `sessions`); `kpis`; and `rejected_by_reason` over all rejects.
-//!    Sums are kept as difference types ([`FunnelAgg`], [`KpiAgg`]) and read out with
-//!    `count_total`.
+//! 5. **Views**: `sessions`, by user ([`crate::operators::sessions`], which also emits
+//!    the changes of the funnel's sums, distinct users included); `funnel` and `kpis`,
+//!    those changes and the events' sums by window kept as running sums per key
+//!    ([`crate::operators::accumulate`], with [`FunnelAgg`] and [`KpiAgg`] as the
+//!    sums); and `rejected_by_reason` over all rejects (`count_total`).
 //! 6. **Customers and cards**: `customer_rfm`, `clv_model` and `customer_clv`
 //!    ([`crate::clv`]), and `fraud_features`, `fraud_scores` and `fraud_alerts`
 //!    ([`crate::fraud`]), over the same valid events.
@@ -353,7 +353,7 @@ pub enum Part {
     Sessions,
     /// `funnel` (needs `sessions`).
     Funnel,
-    /// `kpis` (needs `funnel`, for its session counts).
+    /// `kpis` (needs `sessions`, for the session counts of the funnel's changes).
     Kpis,
     /// `rejected_by_reason`.
     RejectedByReason,
@@ -404,7 +404,7 @@ impl Part {
     pub fn needs(self) -> &'static [Part] {
         match self {
             Part::Funnel => &[Part::Sessions],
-            Part::Kpis => &[Part::Sessions, Part::Funnel],
+            Part::Kpis => &[Part::Sessions],
             _ => &[],
         }
     }

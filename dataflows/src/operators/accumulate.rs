@@ -52,12 +52,7 @@ where
                 input.for_each(|cap, data| {
                     let mut sums: HashMap<(K, Time), R> = HashMap::default();
                     for (k, t, r) in data.drain(..) {
-                        match sums.entry((k, t)) {
-                            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_equals(&r),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(r);
-                            }
-                        }
+                        add_into(&mut sums, (k, t), r);
                     }
                     output.session(&cap).give_iterator(sums.into_iter().filter(|(_, r)| !r.is_zero()).map(|((k, t), r)| (k, t, r)));
                 });
@@ -79,12 +74,7 @@ where
                 while let Some((cap, time, updates)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
                     let mut deltas: HashMap<K, R> = HashMap::default();
                     for (k, r) in updates {
-                        match deltas.entry(k) {
-                            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_equals(&r),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(r);
-                            }
-                        }
+                        add_into(&mut deltas, k, r);
                     }
                     let mut changes = Vec::with_capacity(2 * deltas.len());
                     for (key, delta) in deltas {
@@ -112,6 +102,16 @@ where
                 pending.settle();
             }
         })
+    }
+}
+
+/// Adds `delta` to the sum of `key` in `sums` (a first delta is the sum).
+fn add_into<K: Hash + Eq, R: Semigroup>(sums: &mut HashMap<K, R>, key: K, delta: R) {
+    match sums.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().plus_equals(&delta),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(delta);
+        }
     }
 }
 

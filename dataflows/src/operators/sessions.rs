@@ -4,8 +4,9 @@
 //! Events are placed on the worker of their user ([`key_of`] the user id) and taken time
 //! by time, in time order, once the frontier has passed a time. Per user the operator
 //! keeps the user's live events in session order and the user's sessions; when a time
-//! changes a user's events, it splits them into sessions again ([`sessionize`], the
-//! same function for every user and time) and emits what differs:
+//! changes a user's events, it splits again the sessions the changes can have altered
+//! (see `resessionize`; with [`sessionize`], the function the reference's sessions
+//! agree with) and emits what differs:
 //!
 //! - [`SessionChange::Session`]: the old rows retracted and the new ones inserted (a
 //!   session that did not change emits nothing);
@@ -256,7 +257,7 @@ mod tests {
 
     use super::*;
     use crate::event::{EventType, Geo};
-    use crate::rows::group_by_id;
+    use crate::rows::sessionize_users;
 
     /// An event of the random histories: few users, ids, times and dimension values, so
     /// that sessions merge, split, share keys and come back.
@@ -275,7 +276,7 @@ mod tests {
         let events: Vec<SessionEvent> = live.iter().flat_map(|(e, n)| std::iter::repeat_n(SessionEvent::from(e), (*n).max(0) as usize)).collect();
         let mut sorted: Vec<&SessionEvent> = events.iter().collect();
         sorted.sort();
-        let mut sessions: Vec<SessionRow> = group_by_id(sorted, |e| &e.event.user_id).into_iter().flat_map(|user| sessionize(&user)).collect();
+        let mut sessions = sessionize_users(&sorted);
         sessions.sort();
         let mut funnel: BTreeMap<FunnelKey, FunnelAgg> = BTreeMap::new();
         let mut users: BTreeMap<FunnelKey, std::collections::BTreeSet<Text>> = BTreeMap::new();
