@@ -383,9 +383,8 @@ type Raw<'a> = &'a serde_json::value::RawValue;
 
 /// An identifier (a JSON string, or an integer taken by its decimal digits): `None` for
 /// an empty string; `Err` for any other JSON value.
-fn id_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
-    let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
+fn id_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
+    let Some(text) = raw else { return Ok(None) };
     if text.starts_with('"') {
         return Ok(json_string(text, field)?.map(|s| Text::from(s.as_ref())));
     }
@@ -402,21 +401,21 @@ fn id_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
 }
 
 /// A text field: `None` for an absent, null or empty string; `Err` for another type.
-fn text_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+fn text_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
     string_of(raw, field, |s| Text::from(s))
 }
 
 /// A text field whose values repeat across events (a country, a category, a UTM source):
 /// as [`text_of`], with equal values sharing one allocation ([`intern`]).
-fn dimension_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<Text>, Invalid> {
+fn dimension_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
     string_of(raw, field, intern)
 }
 
 /// A string field made into a [`Text`] by `make`: `None` for an absent, null or empty
 /// string; `Err` for another JSON type.
-fn string_of(raw: Option<Raw<'_>>, field: &str, make: impl Fn(&str) -> Text) -> Result<Option<Text>, Invalid> {
+fn string_of(raw: Option<&str>, field: &str, make: impl Fn(&str) -> Text) -> Result<Option<Text>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
-    match raw.get() {
+    match raw {
         "null" => Ok(None),
         text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| make(&s))),
         text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
@@ -461,9 +460,8 @@ pub fn intern(value: &str) -> Text {
 
 /// A number field read from its literal (`None` if absent or null): a number too large
 /// for a float reads as infinite, which amounts reject as out of range.
-fn number_of(raw: Option<Raw<'_>>, field: &str) -> Result<Option<f64>, Invalid> {
-    let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
+fn number_of(raw: Option<&str>, field: &str) -> Result<Option<f64>, Invalid> {
+    let Some(text) = raw else { return Ok(None) };
     if text == "null" {
         return Ok(None);
     }
@@ -582,6 +580,295 @@ struct WireEvent<'a> {
     retracts: Option<Raw<'a>>,
 }
 
+/// The literal text of each field of a JSON record (none for `null`), as
+/// [`decode_json`] reads them: from [`fast_fields`] when the record is plain, else from
+/// serde's [`WireEvent`].
+#[derive(Debug, Default, PartialEq)]
+struct Fields<'a> {
+    event_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    event_ts: Option<&'a str>,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    product_id: Option<&'a str>,
+    category: Option<&'a str>,
+    price: Option<&'a str>,
+    quantity: Option<u32>,
+    currency: Option<&'a str>,
+    order_id: Option<&'a str>,
+    /// `source`, `medium`, `campaign`.
+    utm: Option<[Option<&'a str>; 3]>,
+    /// `os`, `mobile`, `device_id`.
+    device: Option<(Option<&'a str>, Option<bool>, Option<&'a str>)>,
+    /// `country`, `city`, `lat`, `lon`.
+    geo: Option<[Option<&'a str>; 4]>,
+    ip: Option<&'a str>,
+    card_id: Option<&'a str>,
+    billing_country: Option<&'a str>,
+    retracts: Option<&'a str>,
+}
+
+impl<'a> From<WireEvent<'a>> for Fields<'a> {
+    fn from(w: WireEvent<'a>) -> Self {
+        let get = |r: Option<Raw<'a>>| r.map(|r| r.get());
+        Fields {
+            event_id: get(w.event_id),
+            event_type: get(w.event_type),
+            event_ts: get(w.event_ts),
+            user_id: get(w.user_id),
+            session_id: get(w.session_id),
+            product_id: get(w.product_id),
+            category: get(w.category),
+            price: get(w.price),
+            quantity: w.quantity,
+            currency: get(w.currency),
+            order_id: get(w.order_id),
+            utm: w.utm.map(|Object(u)| [get(u.source), get(u.medium), get(u.campaign)]),
+            device: w.device.map(|Object(d)| (get(d.os), d.mobile, get(d.device_id))),
+            geo: w.geo.map(|Object(g)| [get(g.country), get(g.city), get(g.lat), get(g.lon)]),
+            ip: get(w.ip),
+            card_id: get(w.card_id),
+            billing_country: get(w.billing_country),
+            retracts: get(w.retracts),
+        }
+    }
+}
+
+/// The fields of a plain record in one pass over its bytes, or `None` to leave the
+/// record to serde: a record is plain when it is one JSON object of known keys, each at
+/// most once, whose strings have no escapes, whose numbers are JSON numbers, whose
+/// `utm`, `device` and `geo` are objects of their known keys (or `null`), followed only
+/// by whitespace. serde reads such a record into the same literals, so both paths give
+/// the same event; anything else (an escape, an unknown or repeated key, a value of
+/// another JSON type, a syntax error) goes to serde, which also words the errors.
+fn fast_fields(text: &str) -> Option<Fields<'_>> {
+    let mut p = Scan { text, at: 0 };
+    let mut f = Fields::default();
+    p.object(|p, key| {
+        let slot = match key {
+            "event_id" => &mut f.event_id,
+            "event_type" => &mut f.event_type,
+            "event_ts" => &mut f.event_ts,
+            "user_id" => &mut f.user_id,
+            "session_id" => &mut f.session_id,
+            "product_id" => &mut f.product_id,
+            "category" => &mut f.category,
+            "price" => &mut f.price,
+            "currency" => &mut f.currency,
+            "order_id" => &mut f.order_id,
+            "ip" => &mut f.ip,
+            "card_id" => &mut f.card_id,
+            "billing_country" => &mut f.billing_country,
+            "retracts" => &mut f.retracts,
+            "quantity" => return once(&mut f.quantity, p.quantity()?),
+            "utm" => {
+                let utm = p.nested(|p, key, u: &mut [Option<&str>; 3]| match key {
+                    "source" => once(&mut u[0], p.scalar()?),
+                    "medium" => once(&mut u[1], p.scalar()?),
+                    "campaign" => once(&mut u[2], p.scalar()?),
+                    _ => None,
+                })?;
+                return once(&mut f.utm, utm);
+            }
+            "device" => {
+                let device = p.nested(|p, key, d: &mut (Option<&str>, Option<bool>, Option<&str>)| match key {
+                    "os" => once(&mut d.0, p.scalar()?),
+                    "mobile" => once(&mut d.1, p.boolean()?),
+                    "device_id" => once(&mut d.2, p.scalar()?),
+                    _ => None,
+                })?;
+                return once(&mut f.device, device);
+            }
+            "geo" => {
+                let geo = p.nested(|p, key, g: &mut [Option<&str>; 4]| match key {
+                    "country" => once(&mut g[0], p.scalar()?),
+                    "city" => once(&mut g[1], p.scalar()?),
+                    "lat" => once(&mut g[2], p.scalar()?),
+                    "lon" => once(&mut g[3], p.scalar()?),
+                    _ => None,
+                })?;
+                return once(&mut f.geo, geo);
+            }
+            _ => return None,
+        };
+        once(slot, p.scalar()?)
+    })?;
+    p.skip_ws();
+    (p.at == text.len()).then_some(f)
+}
+
+/// Sets a field read once; `None` (leave the record to serde) for a repeated key.
+fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = value;
+    Some(())
+}
+
+/// A cursor over a record for [`fast_fields`]; each reader returns `None` for what it
+/// leaves to serde.
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.skip_ws();
+        (self.peek() == Some(byte)).then(|| self.at += 1)
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        if self.text[self.at..].starts_with(word) {
+            self.at += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// An object, calling `field` at each key with the cursor before its value.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            self.skip_ws();
+            let key = self.string()?;
+            let key = &key[1..key.len() - 1];
+            self.eat(b':')?;
+            self.skip_ws();
+            field(self, key)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A nested object of known keys, or `null` (no object).
+    fn nested<T: Default>(&mut self, mut field: impl FnMut(&mut Self, &'a str, &mut T) -> Option<()>) -> Option<Option<T>> {
+        if self.eat_word("null") {
+            return Some(None);
+        }
+        let mut value = T::default();
+        self.object(|p, key| field(p, key, &mut value))?;
+        Some(Some(value))
+    }
+
+    /// A string without escapes, as its literal (quotes included).
+    fn string(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        if bytes.get(self.at) != Some(&b'"') {
+            return None;
+        }
+        let start = self.at;
+        let len = bytes[start + 1..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + 1 + len;
+        if bytes[end] != b'"' {
+            return None;
+        }
+        self.at = end + 1;
+        Some(&self.text[start..self.at])
+    }
+
+    /// A string or a JSON number as its literal, or `null` as no value (as serde reads an
+    /// optional raw value).
+    fn scalar(&mut self) -> Option<Option<&'a str>> {
+        match self.peek()? {
+            b'"' => self.string().map(Some),
+            b'n' if self.eat_word("null") => Some(None),
+            b'-' | b'0'..=b'9' => self.number().map(Some),
+            _ => None,
+        }
+    }
+
+    /// A number by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut i = start;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while bytes.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > from
+        };
+        if bytes.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match bytes.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                digits(&mut i);
+            }
+            _ => return None,
+        }
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(bytes.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        self.at = i;
+        Some(&self.text[start..i])
+    }
+
+    /// A `u32` written as a plain integer, or `null`.
+    fn quantity(&mut self) -> Option<Option<u32>> {
+        if self.eat_word("null") {
+            return Some(None);
+        }
+        let literal = self.number()?;
+        if literal.starts_with('-') || literal.contains(['.', 'e', 'E']) {
+            return None;
+        }
+        literal.parse().ok().map(Some)
+    }
+
+    /// `true`, `false` or `null`.
+    fn boolean(&mut self) -> Option<Option<bool>> {
+        if self.eat_word("true") {
+            Some(Some(true))
+        } else if self.eat_word("false") {
+            Some(Some(false))
+        } else if self.eat_word("null") {
+            Some(None)
+        } else {
+            None
+        }
+    }
+}
+
 /// A JSON record as an [`Event`]. Which reason a record with several faults gets, in
 /// order: not UTF-8, not a JSON object, or not JSON (`malformed`); a field of the wrong
 /// JSON type (`bad_type`: first `quantity`, `device.mobile` or a `utm`/`device`/`geo`
@@ -597,13 +884,16 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
         let start = shorten(text.trim_start());
         return Err(Invalid(RejectReason::Malformed, format!("a record is a JSON object, not {start:?}")));
     }
-    let wire: WireEvent<'_> = serde_json::from_str(text).map_err(|e| {
-        let reason = match e.classify() {
-            serde_json::error::Category::Data => RejectReason::BadType,
-            _ => RejectReason::Malformed,
-        };
-        Invalid(reason, e.to_string())
-    })?;
+    let wire = match fast_fields(text) {
+        Some(fields) => fields,
+        None => Fields::from(serde_json::from_str::<WireEvent<'_>>(text).map_err(|e| {
+            let reason = match e.classify() {
+                serde_json::error::Category::Data => RejectReason::BadType,
+                _ => RejectReason::Malformed,
+            };
+            Invalid(reason, e.to_string())
+        })?),
+    };
     let event_id = id_of(wire.event_id, "event_id")?;
     let type_name = text_of(wire.event_type, "event_type")?;
     let ts_text = text_of(wire.event_ts, "event_ts")?;
@@ -616,15 +906,15 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
     let order_id = id_of(wire.order_id, "order_id")?;
     let utm = match wire.utm {
         None => None,
-        Some(Object(u)) => Some(Utm { source: dimension_of(u.source, "utm.source")?, medium: dimension_of(u.medium, "utm.medium")?, campaign: dimension_of(u.campaign, "utm.campaign")? }),
+        Some([source, medium, campaign]) => Some(Utm { source: dimension_of(source, "utm.source")?, medium: dimension_of(medium, "utm.medium")?, campaign: dimension_of(campaign, "utm.campaign")? }),
     };
     let device = match wire.device {
         None => None,
-        Some(Object(d)) => Some(Device { os: dimension_of(d.os, "device.os")?, mobile: d.mobile, device_id: id_of(d.device_id, "device.device_id")? }),
+        Some((os, mobile, device_id)) => Some(Device { os: dimension_of(os, "device.os")?, mobile, device_id: id_of(device_id, "device.device_id")? }),
     };
     let geo_wire = match wire.geo {
         None => None,
-        Some(Object(g)) => Some((dimension_of(g.country, "geo.country")?, dimension_of(g.city, "geo.city")?, number_of(g.lat, "geo.lat")?, number_of(g.lon, "geo.lon")?)),
+        Some([country, city, lat, lon]) => Some((dimension_of(country, "geo.country")?, dimension_of(city, "geo.city")?, number_of(lat, "geo.lat")?, number_of(lon, "geo.lon")?)),
     };
     let ip = text_of(wire.ip, "ip")?;
     let card_id = id_of(wire.card_id, "card_id")?;
@@ -895,5 +1185,77 @@ mod tests {
         let cd = RawRecord { format: Format::Cdnow, position: 1, bytes: b" 00004 0001 19970101  2   29.33".to_vec() };
         let e = decode(&cd, 852_076_800_000 + 1, &DecodeConfig::default()).expect("cdnow row");
         assert_eq!((&*e.user_id, e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
+    }
+
+    /// What serde reads a record into, as the one-pass reader's literals.
+    fn serde_fields(text: &str) -> Option<Fields<'_>> {
+        serde_json::from_str::<WireEvent<'_>>(text).ok().map(Fields::from)
+    }
+
+    /// Whether the one-pass reader took `text`; when it does, it must agree with serde.
+    fn fast_agrees(text: &str) -> bool {
+        match fast_fields(text) {
+            Some(fast) => {
+                assert_eq!(serde_fields(text).as_ref(), Some(&fast), "{text:?}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The one-pass reader takes the generator's plain records and gives serde's literals
+    /// for every record it takes, among random edits of them too; what it leaves to serde
+    /// includes every syntax serde rejects.
+    #[test]
+    fn fast_fields_agree_with_serde() {
+        use crate::generator::{Generator, GeneratorConfig};
+        use rand::{Rng, SeedableRng};
+        let mut generator = Generator::new(GeneratorConfig::default(), 0, 1);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(19);
+        let alphabet: Vec<char> = "\"\\{}[],: 0123456789.-+eEtrufalsn\u{e9}\u{1}x".chars().collect();
+        let (mut plain, mut taken, mut edited_taken) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let Ok(text) = String::from_utf8(generator.next_record().record.bytes) else { continue };
+            if serde_fields(&text).is_some() && !text.contains('\\') {
+                plain += 1;
+            }
+            taken += usize::from(fast_agrees(&text));
+            let mut chars: Vec<char> = text.chars().collect();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..=chars.len());
+                match rng.random_range(0..3) {
+                    0 if at < chars.len() => {
+                        chars.remove(at);
+                    }
+                    1 if at < chars.len() => chars[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    _ => chars.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                }
+            }
+            edited_taken += usize::from(fast_agrees(&chars.into_iter().collect::<String>()));
+        }
+        assert!(taken * 100 >= plain * 95, "the one-pass reader took {taken} of {plain} plain records");
+        assert!(edited_taken > 0, "some edits leave a plain record");
+        for text in [
+            r#"{"event_id":"e","event_id":"f"}"#,
+            r#"{"utm":{"source":"a","extra":1}}"#,
+            r#"{"price":01}"#,
+            r#"{"price":1.}"#,
+            r#"{"price":-}"#,
+            r#"{"price":1e}"#,
+            r#"{"quantity":2.0}"#,
+            r#"{"quantity":-1}"#,
+            r#"{"quantity":4294967296}"#,
+            r#"{"event_id":"a\"b"}"#,
+            r#"{"event_id":"e"} x"#,
+            r#"{"event_id":"e",}"#,
+            r#"{"device":{"mobile":1}}"#,
+            r#"{"geo":[1,2]}"#,
+            r#"{"category":true}"#,
+        ] {
+            assert!(!fast_agrees(text), "{text:?} is left to serde");
+        }
+        for text in [r#"{}"#, r#" { "price" : -0.5e+3 , "quantity" : null , "utm" : null , "geo" : {} } "#, r#"{"device":{"mobile":false,"os":null},"session_id":null}"#] {
+            assert!(fast_agrees(text), "{text:?} is plain");
+        }
     }
 }

@@ -171,11 +171,11 @@ pub fn group_by_id<'a, T: ?Sized>(values: impl IntoIterator<Item = &'a T>, id: i
 pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
     let Some(first) = events.first() else { return Vec::new() };
     let user = &first.event.user_id;
-    let mut given: Vec<(&str, Vec<&SessionEvent>)> = Vec::new();
+    let mut given: Vec<(&Text, Vec<&SessionEvent>)> = Vec::new();
     let mut derived: Vec<Vec<&SessionEvent>> = Vec::new();
     for &e in events {
         match &e.event.session_id {
-            Some(id) => match given.iter_mut().find(|(g, _)| *g == &**id) {
+            Some(id) => match given.iter_mut().find(|(g, _)| *g == id) {
                 Some((_, group)) => group.push(e),
                 None => given.push((id, vec![e])),
             },
@@ -185,7 +185,7 @@ pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
             },
         }
     }
-    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, Text::from(id), false, &group)).collect();
+    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, id.clone(), false, &group)).collect();
     rows.extend(derived.into_iter().map(|group| summarize(user, Text::from(format!("derived:{}", group[0].event_ts)), true, &group)));
     rows
 }
@@ -286,6 +286,18 @@ impl Dimension {
             Dimension::UtmSource => "utm_source",
             Dimension::Category => "category",
         }
+    }
+
+    /// The dimension's value for a session, borrowed (what [`Dimension::value_of`] gives).
+    pub fn value_str(self, s: &SessionRow) -> &str {
+        let v = match self {
+            Dimension::All => return "all",
+            Dimension::Country => &s.country,
+            Dimension::Device => &s.device,
+            Dimension::UtmSource => &s.utm_source,
+            Dimension::Category => &s.category,
+        };
+        v.as_deref().unwrap_or(NONE_VALUE)
     }
 
     /// The dimension's value for a session.

@@ -111,7 +111,11 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                     // only the counts once all are applied matter).
                     let mut touched: Vec<Text> = Vec::new();
                     for (e, r) in changes {
-                        let user = users.entry(e.user_id.clone()).or_default();
+                        // Looked up by the borrowed id: the id is cloned only for a new user.
+                        let user = match users.get_mut(&*e.user_id) {
+                            Some(user) => user,
+                            None => users.entry(e.user_id.clone()).or_default(),
+                        };
                         if user.changed.is_empty() {
                             touched.push(e.user_id.clone());
                         }
@@ -200,7 +204,7 @@ fn funnel_part(s: &SessionRow) -> ([Millis; 3], FunnelAgg, [&Option<Text>; 4]) {
 
 /// Whether a session counts under `key`.
 fn counts_under(s: &SessionRow, key: &FunnelKey) -> bool {
-    key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_of(s) == key.value)
+    key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_str(s) == &*key.value)
 }
 
 /// Adds to `funnel` the changes of the funnel's sums when `removed` leave a user's
@@ -215,6 +219,18 @@ fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&Session
         if a == b {
             return;
         }
+        // One session that changed under the same keys: every key moves by the sums'
+        // change, and no key gains or loses the user.
+        if let ([(windows_a, agg_a, dims_a)], [(windows_b, agg_b, dims_b)]) = (&a[..], &b[..]) {
+            if windows_a == windows_b && dims_a == dims_b {
+                let mut change = *agg_b;
+                change.plus_equals(&agg_a.multiply(&-1));
+                for key in funnel_keys(added[0]) {
+                    funnel.entry(key).or_default().plus_equals(&change);
+                }
+                return;
+            }
+        }
     }
     // Per key of a changed session: the sums' change, and the change in the number of
     // the user's sessions under it (a session's keys are distinct).
@@ -222,16 +238,20 @@ fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&Session
     for (sessions, sign) in [(removed, -1isize), (added, 1)] {
         for s in sessions {
             let agg = FunnelAgg::of_session(s).multiply(&sign);
-            for key in funnel_keys(s) {
-                match deltas.iter_mut().find(|(k, _, _)| *k == key) {
-                    Some((_, sum, count)) => {
-                        sum.plus_equals(&agg);
-                        *count += sign;
-                    }
-                    None => deltas.push((key, agg, sign)),
-                }
-            }
+            deltas.extend(funnel_keys(s).map(|key| (key, agg, sign)));
         }
+    }
+    if removed.len() + added.len() > 1 {
+        // Several sessions may share keys: sum each key's changes.
+        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        deltas.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1.plus_equals(&later.1);
+                kept.2 += later.2;
+            }
+            same
+        });
     }
     for (key, mut sum, count) in deltas {
         if count != 0 {
