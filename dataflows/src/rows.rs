@@ -26,8 +26,11 @@ pub const SESSION_GAP_MS: Millis = 30 * 60 * 1000;
 /// The value used for a dimension that a session does not carry.
 pub const NONE_VALUE: &str = "(none)";
 
+/// The value of every session under [`Dimension::All`].
+const ALL_TEXT: &str = "all";
+
 thread_local! {
-    static ALL_VALUE: Text = Text::from("all");
+    static ALL_VALUE: Text = Text::from(ALL_TEXT);
     static NONE: Text = Text::from(NONE_VALUE);
 }
 
@@ -288,28 +291,31 @@ impl Dimension {
         }
     }
 
+    /// The session's field this dimension reads (`None` for [`Dimension::All`]).
+    fn field(self, s: &SessionRow) -> Option<&Option<Text>> {
+        match self {
+            Dimension::All => None,
+            Dimension::Country => Some(&s.country),
+            Dimension::Device => Some(&s.device),
+            Dimension::UtmSource => Some(&s.utm_source),
+            Dimension::Category => Some(&s.category),
+        }
+    }
+
     /// The dimension's value for a session, borrowed (what [`Dimension::value_of`] gives).
     pub fn value_str(self, s: &SessionRow) -> &str {
-        let v = match self {
-            Dimension::All => return "all",
-            Dimension::Country => &s.country,
-            Dimension::Device => &s.device,
-            Dimension::UtmSource => &s.utm_source,
-            Dimension::Category => &s.category,
-        };
-        v.as_deref().unwrap_or(NONE_VALUE)
+        match self.field(s) {
+            None => ALL_TEXT,
+            Some(v) => v.as_deref().unwrap_or(NONE_VALUE),
+        }
     }
 
     /// The dimension's value for a session.
     pub fn value_of(self, s: &SessionRow) -> Text {
-        let v = match self {
-            Dimension::All => return ALL_VALUE.with(Text::clone),
-            Dimension::Country => &s.country,
-            Dimension::Device => &s.device,
-            Dimension::UtmSource => &s.utm_source,
-            Dimension::Category => &s.category,
-        };
-        v.clone().unwrap_or_else(|| NONE.with(Text::clone))
+        match self.field(s) {
+            None => ALL_VALUE.with(Text::clone),
+            Some(v) => v.clone().unwrap_or_else(|| NONE.with(Text::clone)),
+        }
     }
 }
 
