@@ -267,23 +267,27 @@ fn acknowledged_events_survive_kill_9() {
         let coordinator = InProcess::start(pool.addresses(), ServeOptions::default(), None).await;
         let mut client = coordinator.client().await;
         let now = now_ms() as i64;
-        // 400 requests of 25 events, one session per event, paced; the kill lands midway.
-        let requests: Vec<IngestRequest> = (0..400)
-            .map(|r| IngestRequest { events: (0..25).map(|i| event(&format!("d{r}-{i}"), "page_view", now - 1000, &format!("d{r}-{i}"), "")).collect() })
-            .collect();
-        let paced = tokio_stream::StreamExt::throttle(tokio_stream::iter(requests), Duration::from_millis(5));
-        let mut acks = client.ingest(paced).await.expect("Ingest").into_inner();
+        // Up to 400 requests of 25 events, one session per event, each sent once the one
+        // before it is acknowledged, so that the kill lands after exactly 150 of them
+        // however slowly this test reads its answers.
+        let request = |r: usize| IngestRequest { events: (0..25).map(|i| event(&format!("d{r}-{i}"), "page_view", now - 1000, &format!("d{r}-{i}"), "")).collect() };
+        let (requests, queued) = tokio::sync::mpsc::channel(1);
+        requests.send(request(0)).await.expect("the first request is queued");
+        let mut acks = client.ingest(tokio_stream::wrappers::ReceiverStream::new(queued)).await.expect("Ingest").into_inner();
         let mut acknowledged = 0;
         let mut last = 0;
         loop {
-            if acknowledged == 150 {
-                pool.kill(1);
-            }
             match acks.message().await {
                 Ok(Some(ack)) => {
                     assert_eq!(ack.accepted, 25);
                     acknowledged += 1;
                     last = last.max(ack.visible_at);
+                    if acknowledged == 150 {
+                        pool.kill(1);
+                    }
+                    assert!(acknowledged < 400, "all 400 requests were acknowledged, 250 of them after the kill");
+                    // A send fails only once the call has ended; its error comes next.
+                    let _ = requests.send(request(acknowledged)).await;
                 }
                 Ok(None) => panic!("the stream ended without an error after {acknowledged} acknowledgements"),
                 Err(status) => {
