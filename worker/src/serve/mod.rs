@@ -212,7 +212,14 @@ pub fn ordinal(hostname: &str) -> Option<usize> {
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
+        // A peer process gone is the expected way for this process to end: said in one
+        // line and at once (the default hook may first resolve a backtrace, which takes
+        // seconds in a large binary, and the process would go on serving meanwhile).
+        let message = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied());
+        match message {
+            Some(m) if m.starts_with("timely communication error") => eprintln!("error: the connection to a peer process was lost ({m})"),
+            _ => default_hook(info),
+        }
         eprintln!("error: a thread of this worker process panicked; exiting so that the cluster restarts");
         std::process::exit(70);
     }));

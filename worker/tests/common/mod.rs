@@ -72,9 +72,21 @@ pub fn shared_data(relative: &str) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Free loopback ports (bound and released; a tiny race is acceptable in tests).
+/// Free loopback ports for servers a test starts, bound and released.
+///
+/// Drawn at random below the kernel's ephemeral range (which starts at 32768 on Linux),
+/// where outgoing connections take their source ports: a port taken from that range
+/// could be taken again by some connection (or a connection to it from itself) before
+/// the server binds it. What remains is two tests drawing the same port at once.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("loopback bind")).collect();
+    use rand::{Rng, SeedableRng};
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id()) << 32;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    while listeners.len() < n {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", rng.random_range(20_000..32_000))) {
+            listeners.push(l);
+        }
+    }
     listeners.iter().map(|l| l.local_addr().expect("bound address").port()).collect()
 }
