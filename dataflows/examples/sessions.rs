@@ -14,6 +14,6 @@ fn main() {
             // 25 minutes after e1 and before e2: the gaps shrink below 30 minutes.
             (common::AT_10_30 + 2_000, r#"{"event_id":"e3","event_type":"product_view","event_ts":"2026-11-01T10:25:00Z","user_id":"ada","product_id":"p1"}"#),
         ],
-        |views| views.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone())),
+        |views| views.sessions.clone().as_collection(|_, s| ViewRow::Sessions((**s).clone())),
     );
 }

@@ -27,7 +27,7 @@ pub const SESSION_GAP_MS: Millis = 30 * 60 * 1000;
 pub const NONE_VALUE: &str = "(none)";
 
 /// The value of every session under [`Dimension::All`].
-const ALL_TEXT: &str = "all";
+pub(crate) const ALL_TEXT: &str = "all";
 
 thread_local! {
     static ALL_VALUE: Text = Text::from(ALL_TEXT);
@@ -172,6 +172,13 @@ pub fn group_by_id<'a, T: ?Sized>(values: impl IntoIterator<Item = &'a T>, id: i
 /// presents reduce inputs. Events with a `session_id` group by it; the others split where
 /// consecutive events lie more than [`SESSION_GAP_MS`] apart.
 pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
+    sessionize_reusing(events, &[])
+}
+
+/// [`sessionize`], naming a derived session that starts where one of `earlier` (the
+/// user's sessions before a change) started with that one's name, which is the same
+/// text (`derived:<start ms>`), instead of writing it anew.
+pub fn sessionize_reusing(events: &[&SessionEvent], earlier: &[&SessionRow]) -> Vec<SessionRow> {
     let Some(first) = events.first() else { return Vec::new() };
     let user = &first.event.user_id;
     let mut given: Vec<(&Text, Vec<&SessionEvent>)> = Vec::new();
@@ -189,7 +196,11 @@ pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
         }
     }
     let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, id.clone(), false, &group)).collect();
-    rows.extend(derived.into_iter().map(|group| summarize(user, Text::from(format!("derived:{}", group[0].event_ts)), true, &group)));
+    let name = |start: Millis| match earlier.iter().find(|s| s.derived && s.start_ts == start) {
+        Some(s) => s.session_id.clone(),
+        None => Text::from(format!("derived:{start}")),
+    };
+    rows.extend(derived.into_iter().map(|group| summarize(user, name(group[0].event_ts), true, &group)));
     rows
 }
 
@@ -292,7 +303,7 @@ impl Dimension {
     }
 
     /// The session's field this dimension reads (`None` for [`Dimension::All`]).
-    fn field(self, s: &SessionRow) -> Option<&Option<Text>> {
+    pub(crate) fn field(self, s: &SessionRow) -> Option<&Option<Text>> {
         match self {
             Dimension::All => None,
             Dimension::Country => Some(&s.country),

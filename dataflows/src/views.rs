@@ -17,7 +17,8 @@
 //!    arrives (by ingestion time, then position) while a kept delivery of its id is live
 //!    is a `duplicate` reject for good; the others are kept.
 //! 4. **Cancellations** ([`crate::operators::cancel`]): each kept event with `retracts`
-//!    is bound to its target, and a resolver on one worker decides which kept events are
+//!    is bound to its target (by the dedup operator of the target's id, which holds the
+//!    live kept delivery of every id), and a resolver on one worker decides which kept events are
 //!    removed (chains and loops included), emitting corrections that, added to the kept
 //!    events, leave the visible ones. `retraction` events only remove.
 //! 5. **Views**: `sessions`, by user ([`crate::operators::sessions`], which also emits
@@ -67,8 +68,8 @@ use crate::clv::dataflow::ClvViews;
 use crate::clv::{ClvConfig, ClvModel, ClvRow, RfmRow};
 use crate::fraud::{FraudFeatures, FraudModel, FraudScore, FraudViews};
 use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
-use crate::operators::cancel::{bind, resolve};
-use crate::operators::dedup::{Dedup, Delivery};
+use crate::operators::cancel::{resolve, Bind};
+use crate::operators::dedup::{Decision, Dedup, Delivery};
 use crate::operators::accumulate::Accumulate;
 use crate::operators::sessions::{SessionChange, Sessions};
 use crate::operators::KeepFirst;
@@ -265,10 +266,10 @@ pub type ViewArrangement<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K,
 pub struct Views<'scope> {
     /// Valid (deduplicated, not retracted, not expired) events, for later views.
     pub events: VecCollection<'scope, Time, Arc<Event>>,
-    /// `sessions`: key [`key_of`] the user id, row [`SessionRow`] (which carries the
+    /// `sessions`: key [`key_of`] the user id, row a shared [`SessionRow`] (which carries the
     /// user id), one row per session of every user with a live event. A late event that
     /// joins or splits sessions retracts the old rows and inserts the new ones.
-    pub sessions: ViewArrangement<'scope, u64, SessionRow>,
+    pub sessions: ViewArrangement<'scope, u64, Arc<SessionRow>>,
     /// `funnel`: key [`FunnelKey`] (granularity, window start, dimension, value), row the
     /// key's [`FunnelAgg`] sums; one row per key with at least one session. A change of a
     /// window's numbers is the old row retracted and the new one inserted.
@@ -297,7 +298,7 @@ pub struct Views<'scope> {
 impl<'scope> Views<'scope> {
     /// Every view's rows as one collection of tagged [`ViewRow`]s.
     pub fn rows(&self) -> VecCollection<'scope, Time, ViewRow> {
-        let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions(s.clone()));
+        let sessions = self.sessions.clone().as_collection(|_, s| ViewRow::Sessions((**s).clone()));
         let rfm = self.clv.customer_rfm.clone().as_collection(|_, r| ViewRow::CustomerRfm(r.clone()));
         let clv = self.clv.customer_clv.clone().as_collection(|_, c| ViewRow::CustomerClv(c.clone()));
         let features = self.fraud.features.clone().as_collection(|_, f| ViewRow::FraudFeatures(f.clone()));
@@ -420,7 +421,7 @@ pub struct PartViews<'scope> {
     /// See [`Views::dead_letter`].
     pub dead_letter: VecCollection<'scope, Time, Reject>,
     /// See [`Views::sessions`].
-    pub sessions: Option<ViewArrangement<'scope, u64, SessionRow>>,
+    pub sessions: Option<ViewArrangement<'scope, u64, Arc<SessionRow>>>,
     /// See [`Views::funnel`].
     pub funnel: Option<ViewArrangement<'scope, FunnelKey, FunnelAgg>>,
     /// See [`Views::kpis`].
@@ -440,7 +441,7 @@ impl<'scope> PartViews<'scope> {
     pub fn rows(&self) -> VecCollection<'scope, Time, ViewRow> {
         let mut rows = Vec::new();
         if let Some(v) = &self.sessions {
-            rows.push(v.clone().as_collection(|_, s| ViewRow::Sessions(s.clone())));
+            rows.push(v.clone().as_collection(|_, s| ViewRow::Sessions((**s).clone())));
         }
         if let Some(v) = &self.funnel {
             rows.push(v.clone().as_collection(|k, a| ViewRow::Funnel { key: k.clone(), agg: *a }));
@@ -477,14 +478,20 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
     // Dedup decides each delivery's fate at its arrival; cancellations bind to their
     // targets by id, and one resolver works out which kept deliveries they remove.
     let cfg = config.clone();
-    let (kept, duplicates): (Updates<'scope, Delivery>, Updates<'scope, Reject>) =
-        deliveries.dedup(move |t| cfg.reject_expiry(t)).ok_err(|(outcome, time, diff)| match outcome {
-            Ok(d) => Ok((d, time, diff)),
-            Err(r) => Err((r, time, diff)),
+    // Every canceller is announced to its target's id before its own fate is known.
+    let announced = deliveries.clone().flat_map(|(d, t, r)| d.event.retracts.clone().map(|target| ((target, d), t, r)));
+    let (kept, others): (Updates<'scope, Delivery>, Updates<'scope, Decision>) =
+        deliveries.dedup(announced, move |t| cfg.reject_expiry(t)).ok_err(|(decision, time, diff)| match decision {
+            Decision::Kept(d) => Ok((d, time, diff)),
+            other => Err((other, time, diff)),
         });
-    let arrived = kept.clone().flat_map(|(d, t, r)| (r > 0).then_some((d, t, r)));
-    let announced = arrived.clone().flat_map(|(d, t, r)| d.event.retracts.clone().map(|target| ((target, d), t, r)));
-    let corrections = resolve(bind(arrived, announced));
+    let (duplicates, binds): (Updates<'scope, Reject>, Updates<'scope, Bind>) = others.ok_err(|(decision, time, diff)| match decision {
+        Decision::Duplicate(r) => Ok((r, time, diff)),
+        Decision::Bound(b) => Err((b, time, diff)),
+        Decision::Kept(_) => unreachable!("kept deliveries are split off first"),
+    });
+    let kept_cancellers = kept.clone().flat_map(|(d, t, r)| (r > 0 && d.event.retracts.is_some()).then_some((d, t, r)));
+    let corrections = resolve(binds, kept_cancellers);
     let valid = kept.flat_map(|(d, t, r)| (d.event.event_type != EventType::Retraction).then(|| (d.event, t, r))).concat(corrections);
     let events = hold_future(valid, "Expire: events after retention").as_collection();
     let duplicates = hold_future(duplicates, "Expire: duplicates after retention").as_collection();

@@ -15,7 +15,10 @@
 //!    row retracted and the new one inserted.
 //!
 //! State: one sum per key with a non-zero sum. The output is already on its owner, so it
-//! can be arranged without another exchange ([`crate::views::arrange_placed`]).
+//! can be arranged without another exchange ([`crate::views::arrange_placed`]). Where the
+//! deltas are sent to their owners, each sender remembers the placement of the keys it
+//! has seen ([`RouteCache`]): a window's keys come back time after time, and a key's
+//! placement hash is taken over its routing text, which is built anew each time.
 
 use foldhash::HashMap;
 use std::hash::Hash;
@@ -61,7 +64,8 @@ where
     }
 
     fn accumulate(self, name: &str) -> Stream<'scope, Time, Vec<((K, R), Time, isize)>> {
-        let pact = Exchange::new(|(k, _, _): &(K, Time, R)| k.route());
+        let mut routes = RouteCache::default();
+        let pact = Exchange::new(move |(k, _, _): &(K, Time, R)| routes.route(k));
         self.unary_frontier::<CapacityContainerBuilder<Vec<((K, R), Time, isize)>>, _, _, _>(pact, name, |_, _| {
             let mut pending: Pending<(K, R)> = Pending::default();
             let mut sums: HashMap<K, R> = HashMap::default();
@@ -102,6 +106,36 @@ where
                 pending.settle();
             }
         })
+    }
+}
+
+/// The placements of the keys seen recently: [`Route::route`] of each, computed once.
+/// Holds at most [`RouteCache::CAPACITY`] keys, and starts afresh when full.
+pub(crate) struct RouteCache<K> {
+    routes: HashMap<K, u64>,
+}
+
+impl<K> Default for RouteCache<K> {
+    fn default() -> Self {
+        RouteCache { routes: HashMap::default() }
+    }
+}
+
+impl<K: Route + Hash + Eq + Clone> RouteCache<K> {
+    /// The most keys kept.
+    pub(crate) const CAPACITY: usize = 1 << 16;
+
+    /// `key.route()`.
+    pub(crate) fn route(&mut self, key: &K) -> u64 {
+        if let Some(route) = self.routes.get(key) {
+            return *route;
+        }
+        if self.routes.len() >= Self::CAPACITY {
+            self.routes.clear();
+        }
+        let route = key.route();
+        self.routes.insert(key.clone(), route);
+        route
     }
 }
 
@@ -176,6 +210,24 @@ mod tests {
         let (ours, theirs) = both(vec![(0, 7, 2), (1, 7, -2), (1, 8, 1), (2, 7, 1)], 1);
         assert_eq!(ours, theirs);
         assert_eq!(ours, vec![((7, 1), 2, 1), ((7, 2), 0, 1), ((7, 2), 1, -1), ((8, 1), 1, 1)]);
+    }
+
+    /// A cached placement is the key's own, before and after the cache fills and starts
+    /// afresh.
+    #[test]
+    fn the_route_cache_gives_each_keys_route() {
+        use crate::rows::{Dimension, FunnelKey};
+        use crate::time::Granularity;
+        let mut cache = RouteCache::default();
+        let keys: Vec<FunnelKey> = (0..RouteCache::<FunnelKey>::CAPACITY as i64 + 10)
+            .map(|i| FunnelKey { granularity: Granularity::Hour, window_start: i * 3_600_000, dimension: Dimension::Country, value: format!("c{}", i % 7).into() })
+            .collect();
+        for round in 0..2 {
+            for key in keys.iter().step_by(1 + round * 997) {
+                assert_eq!(cache.route(key), key.route(), "{key:?}");
+            }
+        }
+        assert!(cache.routes.len() <= RouteCache::<FunnelKey>::CAPACITY);
     }
 
     proptest! {

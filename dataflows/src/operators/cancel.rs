@@ -13,13 +13,15 @@
 //! last (by ingestion time, then position) is void.
 //!
 //! Two operators do this:
-//! - [`bind`], keyed by the target's id: it keeps each id's live kept delivery and the
-//!   cancellers still waiting for a target, and emits a [`Bind`] when a pair meets;
-//! - [`resolve`], on one worker: the graph of every bound pair, from which it computes
-//!   which deliveries are removed, and emits *corrections*: for a delivery removed at
-//!   `t`, `-1` at `t` and `+1` at its expiry (where its own `-1` lands); for one restored
-//!   at `t`, the opposite. Added to the kept deliveries, the corrections leave exactly the
-//!   visible ones.
+//! - [`crate::operators::dedup`], keyed by the target's id: with each id's live kept
+//!   delivery (which it keeps to tell duplicates) and the cancellers still waiting for a
+//!   target, it emits a [`Bind`] when a pair meets, for kept and duplicate cancellers
+//!   alike (a canceller's own fate is decided on its own id's worker);
+//! - [`resolve`], on one worker: told which cancellers were kept, it leaves the other
+//!   bindings out, and from the graph of every bound pair computes which deliveries are
+//!   removed, emitting *corrections*: for a delivery removed at `t`, `-1` at `t` and `+1`
+//!   at its expiry (where its own `-1` lands); for one restored at `t`, the opposite.
+//!   Added to the kept deliveries, the corrections leave exactly the visible ones.
 //!
 //! Statuses change only when a pair is bound: a removal lasts until the target no longer
 //! matters, so nothing changes when a canceller expires. Cancellations are few; the
@@ -37,7 +39,6 @@ use timely::dataflow::Stream;
 
 use super::dedup::Delivery;
 use crate::event::{Event, EventType, Text};
-use crate::rows::key_of;
 use crate::time::Time;
 use crate::views::Pending;
 
@@ -54,86 +55,6 @@ pub struct Bind {
 pub type Announcement = (Text, Delivery);
 
 type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
-
-/// Binds cancellers to their targets: `kept` are the kept deliveries (at their arrival,
-/// `+1` only), `announced` every kept canceller under its target's id (at its arrival).
-pub fn bind<'scope>(kept: Updates<'scope, Delivery>, announced: Updates<'scope, Announcement>) -> Updates<'scope, Bind> {
-    let by_id = Exchange::new(|(d, _, _): &(Delivery, Time, isize)| key_of(&d.event.event_id));
-    let by_target = Exchange::new(|((target, _), _, _): &(Announcement, Time, isize)| key_of(target));
-    kept.binary_frontier::<_, CapacityContainerBuilder<Vec<(Bind, Time, isize)>>, _, _, _, _>(announced, by_id, by_target, "Bind: cancellers to their targets", |_, _| {
-        let mut deliveries: Pending<Delivery> = Pending::default();
-        let mut announcements: Pending<Announcement> = Pending::default();
-        // Per id: its live kept delivery, and cancellers waiting for one (until they expire).
-        let mut live: foldhash::HashMap<Text, Delivery> = Default::default();
-        let mut waiting: foldhash::HashMap<Text, Vec<Delivery>> = Default::default();
-        let mut by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
-        move |(kept, kept_frontier), (announced, announced_frontier), output| {
-            kept.for_each(|cap, data| {
-                for (d, t, r) in data.drain(..) {
-                    if r > 0 {
-                        deliveries.push(&cap, t, d);
-                    }
-                }
-            });
-            announced.for_each(|cap, data| {
-                for (a, t, r) in data.drain(..) {
-                    if r > 0 {
-                        announcements.push(&cap, t, a);
-                    }
-                }
-            });
-            let complete = |t: &Time| !kept_frontier.less_equal(t) && !announced_frontier.less_equal(t);
-            loop {
-                // The earliest time either input has waiting, once both have passed it.
-                let next = [deliveries.first_time(), announcements.first_time()].into_iter().flatten().min();
-                let Some(time) = next.filter(complete) else { break };
-                let (cap, mut arrived) = deliveries.pop_at(time);
-                let (cap2, mut cancellers) = announcements.pop_at(time);
-                let Some(cap) = cap.or(cap2) else { break };
-                while let Some(entry) = by_expiry.first_entry() {
-                    if *entry.key() > time {
-                        break;
-                    }
-                    for id in entry.remove() {
-                        if live.get(&id).is_some_and(|d| d.expiry <= time) {
-                            live.remove(&id);
-                        }
-                        if let Some(w) = waiting.get_mut(&id) {
-                            w.retain(|c| c.expiry > time);
-                            if w.is_empty() {
-                                waiting.remove(&id);
-                            }
-                        }
-                    }
-                }
-                let mut binds = Vec::new();
-                // Targets first: a canceller binds to a delivery that arrived at its time.
-                arrived.sort();
-                for d in arrived {
-                    let id = d.event.event_id.clone();
-                    if let Some(w) = waiting.remove(&id) {
-                        binds.extend(w.into_iter().filter(|c| c.expiry > time).map(|canceller| Bind { canceller, target: d.clone() }));
-                    }
-                    by_expiry.entry(d.expiry).or_default().push(id.clone());
-                    live.insert(id, d);
-                }
-                cancellers.sort_by(|(_, a), (_, b)| (a.ingest, a.position, &a.event).cmp(&(b.ingest, b.position, &b.event)));
-                for (target, canceller) in cancellers {
-                    match live.get(&target) {
-                        Some(t) if t.expiry > time => binds.push(Bind { canceller, target: t.clone() }),
-                        _ => {
-                            by_expiry.entry(canceller.expiry).or_default().push(target.clone());
-                            waiting.entry(target).or_default().push(canceller);
-                        }
-                    }
-                }
-                output.session(&cap).give_iterator(binds.into_iter().map(|b| (b, time, 1)));
-            }
-            deliveries.settle();
-            announcements.settle();
-        }
-    })
-}
 
 /// A delivery's identity: its id, arrival and position.
 type NodeKey = (Text, Time, u64);
@@ -240,13 +161,18 @@ impl Graph {
     }
 }
 
-/// Corrections of the kept deliveries, from every [`Bind`] (on one worker): see the
-/// [module docs](self).
-pub fn resolve<'scope>(binds: Updates<'scope, Bind>) -> Updates<'scope, Arc<Event>> {
-    binds.unary_frontier::<CapacityContainerBuilder<Vec<(Arc<Event>, Time, isize)>>, _, _, _>(Exchange::new(|_| 0), "Resolve: cancellations", |_, _| {
+/// Corrections of the kept deliveries, from every [`Bind`] whose canceller is among the
+/// `kept` cancellers (each at its arrival), on one worker: see the [module docs](self).
+pub fn resolve<'scope>(binds: Updates<'scope, Bind>, kept: Updates<'scope, Delivery>) -> Updates<'scope, Arc<Event>> {
+    let name = "Resolve: cancellations";
+    binds.binary_frontier::<_, CapacityContainerBuilder<Vec<(Arc<Event>, Time, isize)>>, _, _, _, _>(kept, Exchange::new(|_| 0), Exchange::new(|_| 0), name, |_, _| {
         let mut pending: Pending<Bind> = Pending::default();
+        let mut arrivals: Pending<Delivery> = Pending::default();
+        // The kept cancellers, until they expire (a canceller binds only while live).
+        let mut cancellers: HashMap<NodeKey, Time> = HashMap::new();
+        let mut cancellers_by_expiry: BTreeMap<Time, Vec<NodeKey>> = BTreeMap::new();
         let mut graph = Graph::default();
-        move |(input, frontier), output| {
+        move |(input, frontier), (kept, kept_frontier), output| {
             input.for_each(|cap, data| {
                 for (b, t, r) in data.drain(..) {
                     if r > 0 {
@@ -254,7 +180,35 @@ pub fn resolve<'scope>(binds: Updates<'scope, Bind>) -> Updates<'scope, Arc<Even
                     }
                 }
             });
-            while let Some((cap, time, mut binds)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
+            kept.for_each(|cap, data| {
+                for (d, t, r) in data.drain(..) {
+                    if r > 0 {
+                        arrivals.push(&cap, t, d);
+                    }
+                }
+            });
+            let complete = |t: &Time| !frontier.less_equal(t) && !kept_frontier.less_equal(t);
+            loop {
+                let next = [pending.first_time(), arrivals.first_time()].into_iter().flatten().min();
+                let Some(time) = next.filter(complete) else { break };
+                let (cap, mut binds) = pending.pop_at(time);
+                let (cap2, arrived) = arrivals.pop_at(time);
+                let Some(cap) = cap.or(cap2) else { break };
+                while let Some(entry) = cancellers_by_expiry.first_entry() {
+                    if *entry.key() > time {
+                        break;
+                    }
+                    for key in entry.remove() {
+                        cancellers.remove(&key);
+                    }
+                }
+                for d in arrived {
+                    let key = node_key(&d);
+                    cancellers_by_expiry.entry(d.expiry).or_default().push(key.clone());
+                    cancellers.insert(key, d.expiry);
+                }
+                // A duplicate canceller's binding is left out.
+                binds.retain(|b| cancellers.contains_key(&node_key(&b.canceller)));
                 binds.sort();
                 let touched: Vec<NodeKey> = binds.iter().map(|b| graph.add(b)).collect();
                 let mut memo = HashMap::new();
@@ -315,6 +269,7 @@ pub fn resolve<'scope>(binds: Updates<'scope, Bind>) -> Updates<'scope, Arc<Even
                 }
             }
             pending.settle();
+            arrivals.settle();
         }
     })
 }

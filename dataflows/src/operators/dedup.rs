@@ -1,35 +1,47 @@
 //! `dedup`: of the deliveries of each `event_id`, which are kept and which are
-//! duplicates, decided once, when each arrives.
+//! duplicates, decided once, when each arrives; and, with the same per-id state, which
+//! kept delivery each cancellation is bound to (see [`crate::operators::cancel`]).
 //!
 //! Deliveries arrive in the order of (ingestion time, position). A delivery is *kept* if
 //! no kept delivery of its id is live when it arrives (a kept delivery is live from its
 //! arrival until its expiry); otherwise it is a *duplicate*, and stays one. Identical
 //! copies of one record at one time are one delivery kept and the rest duplicates.
 //!
+//! The second input announces every delivery whose event names `retracts = y` to the
+//! worker of `y`, before its own fate is known. A canceller is bound to the kept delivery
+//! of `y` that is live when it arrives, or, if none is, to the first one kept while the
+//! canceller is live (at one time, the deliveries kept at that time first). Duplicate
+//! cancellers are bound too: the resolver, which learns which cancellers were kept,
+//! leaves their bindings out.
+//!
 //! Output, all at once when a time completes, in one message at that time (the future
 //! updates too, with their own times, for `hold_future` in [`crate::views`] to release
 //! when due):
-//! - `Ok(delivery)`: `+1` at its arrival, `-1` at its expiry, for every kept delivery;
-//! - `Err(reject)`: `+1` at the arrival, `-1` one retention period later, for every
-//!   duplicate (a `duplicate` reject, its bytes the delivery's canonical JSON).
+//! - [`Decision::Kept`]: `+1` at its arrival, `-1` at its expiry, for every kept delivery;
+//! - [`Decision::Duplicate`]: `+1` at the arrival, `-1` one retention period later, for
+//!   every duplicate (a `duplicate` reject, its bytes the delivery's canonical JSON);
+//! - [`Decision::Bound`]: `+1` at the time a canceller and its target meet.
 //!
-//! State: per id, the expiry of its live kept delivery (by the real id: ids that share a
-//! hash are never merged), forgotten once it has passed.
+//! State: per id, its live kept delivery and the cancellers waiting for one (by the real
+//! id: ids that share a hash are never merged), each forgotten once it has expired.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use differential_dataflow::input::Input;
 //! use timely::dataflow::operators::{Inspect, Probe};
 //! use tidemark_dataflows::event::{Event, EventType};
-//! use tidemark_dataflows::operators::dedup::{Dedup, Delivery};
+//! use tidemark_dataflows::operators::cancel::Announcement;
+//! use tidemark_dataflows::operators::dedup::{Decision, Dedup, Delivery};
 //!
 //! timely::execute_directly(|worker| {
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
 //!         let (input, deliveries) = scope.new_collection::<Delivery, isize>();
-//!         let kept = deliveries.inner.dedup(|t| t + 100).inspect(|(outcome, time, diff)| {
-//!             match outcome {
-//!                 Ok(d) => assert_eq!(d.position, 1, "the first delivery is kept ({time}, {diff})"),
-//!                 Err(reject) => assert_eq!(reject.position, 2, "the second is a duplicate"),
+//!         let (_, announced) = scope.new_collection::<Announcement, isize>();
+//!         let kept = deliveries.inner.dedup(announced.inner, |t| t + 100).inspect(|(decision, time, diff)| {
+//!             match decision {
+//!                 Decision::Kept(d) => assert_eq!(d.position, 1, "the first delivery is kept ({time}, {diff})"),
+//!                 Decision::Duplicate(reject) => assert_eq!(reject.position, 2, "the second is a duplicate"),
+//!                 Decision::Bound(_) => panic!("nothing cancels"),
 //!             }
 //!         });
 //!         (input, kept.probe().0)
@@ -54,6 +66,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::Stream;
 
+use super::cancel::{Announcement, Bind};
 use crate::decode::{duplicate_reject, Reject};
 use crate::event::{Event, Text};
 use crate::rows::key_of;
@@ -73,72 +86,124 @@ pub struct Delivery {
     pub event: Arc<Event>,
 }
 
-/// What dedup says of a delivery, with its time and diff.
-pub type Outcome = (Result<Delivery, Reject>, Time, isize);
+/// What dedup says of a delivery, or of a canceller and its target.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Decision {
+    /// A kept delivery.
+    Kept(Delivery),
+    /// A duplicate.
+    Duplicate(Reject),
+    /// A canceller (kept or a duplicate) bound to its target.
+    Bound(Bind),
+}
+
+type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
 
 /// See the [module docs](self).
 pub trait Dedup<'scope> {
-    /// Kept deliveries and duplicate rejects; a duplicate arriving at `t` leaves the
+    /// Kept deliveries, duplicate rejects and bindings of the cancellers `announced` (each
+    /// under its target's id, at its arrival); a duplicate arriving at `t` leaves the
     /// views at `reject_expiry(t)`.
-    fn dedup(self, reject_expiry: impl Fn(Time) -> Time + 'static) -> Stream<'scope, Time, Vec<Outcome>>;
+    fn dedup(self, announced: Updates<'scope, Announcement>, reject_expiry: impl Fn(Time) -> Time + 'static) -> Updates<'scope, Decision>;
 }
 
-impl<'scope> Dedup<'scope> for Stream<'scope, Time, Vec<(Delivery, Time, isize)>> {
-    fn dedup(self, reject_expiry: impl Fn(Time) -> Time + 'static) -> Stream<'scope, Time, Vec<Outcome>> {
-        let pact = Exchange::new(|(d, _, _): &(Delivery, Time, isize)| key_of(&d.event.event_id));
-        self.unary_frontier::<CapacityContainerBuilder<Vec<Outcome>>, _, _, _>(pact, "Dedup: deliveries by event_id, at arrival", move |_, _| {
-            let mut pending: Pending<(Delivery, isize)> = Pending::default();
-            // The live kept delivery's expiry per id, and the ids by expiry.
-            let mut kept: HashMap<Text, Time> = HashMap::default();
+impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
+    fn dedup(self, announced: Updates<'scope, Announcement>, reject_expiry: impl Fn(Time) -> Time + 'static) -> Updates<'scope, Decision> {
+        let by_id = Exchange::new(|(d, _, _): &(Delivery, Time, isize)| key_of(&d.event.event_id));
+        let by_target = Exchange::new(|((target, _), _, _): &(Announcement, Time, isize)| key_of(target));
+        let name = "Dedup: deliveries by event_id, at arrival, and cancellers bound";
+        self.binary_frontier::<_, CapacityContainerBuilder<Vec<(Decision, Time, isize)>>, _, _, _, _>(announced, by_id, by_target, name, move |_, _| {
+            let mut deliveries: Pending<(Delivery, isize)> = Pending::default();
+            let mut announcements: Pending<Announcement> = Pending::default();
+            // Per id: its live kept delivery, and cancellers waiting for one; the ids by
+            // the expiry of either.
+            let mut kept: HashMap<Text, Delivery> = HashMap::default();
+            let mut waiting: HashMap<Text, Vec<Delivery>> = HashMap::default();
             let mut by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
-            move |(input, frontier), output| {
+            move |(input, frontier), (announced, announced_frontier), output| {
                 input.for_each(|cap, data| {
                     for (d, t, r) in data.drain(..) {
-                        pending.push(&cap, t, (d, r));
+                        deliveries.push(&cap, t, (d, r));
                     }
                 });
-                while let Some((cap, time, mut deliveries)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
-                    // Forget kept deliveries that have expired by now.
+                announced.for_each(|cap, data| {
+                    for (a, t, r) in data.drain(..) {
+                        if r > 0 {
+                            announcements.push(&cap, t, a);
+                        }
+                    }
+                });
+                let complete = |t: &Time| !frontier.less_equal(t) && !announced_frontier.less_equal(t);
+                loop {
+                    // The earliest time either input has waiting, once both have passed it.
+                    let next = [deliveries.first_time(), announcements.first_time()].into_iter().flatten().min();
+                    let Some(time) = next.filter(complete) else { break };
+                    let (cap, mut arrived) = deliveries.pop_at(time);
+                    let (cap2, mut cancellers) = announcements.pop_at(time);
+                    let Some(cap) = cap.or(cap2) else { break };
+                    // Forget kept deliveries and waiting cancellers that have expired by now.
                     while let Some(entry) = by_expiry.first_entry() {
                         if *entry.key() > time {
                             break;
                         }
                         for id in entry.remove() {
-                            if kept.get(&id).is_some_and(|e| *e <= time) {
+                            if kept.get(&id).is_some_and(|d| d.expiry <= time) {
                                 kept.remove(&id);
+                            }
+                            if let Some(w) = waiting.get_mut(&id) {
+                                w.retain(|c| c.expiry > time);
+                                if w.is_empty() {
+                                    waiting.remove(&id);
+                                }
                             }
                         }
                     }
                     // Arrival order within one time: position, then content.
-                    deliveries.sort_by(|(a, _), (b, _)| (a.position, &a.event).cmp(&(b.position, &b.event)));
-                    differential_dataflow::consolidation::consolidate(&mut deliveries);
+                    arrived.sort_by(|(a, _), (b, _)| (a.position, &a.event).cmp(&(b.position, &b.event)));
+                    differential_dataflow::consolidation::consolidate(&mut arrived);
                     // Arrivals at `time`, and each one's leaving at its own later time: all
                     // given now, for `hold_future` downstream to release when due.
-                    let mut out: Vec<Outcome> = Vec::new();
-                    for (d, copies) in deliveries {
+                    let mut out: Vec<(Decision, Time, isize)> = Vec::new();
+                    for (d, copies) in arrived {
                         debug_assert!(copies > 0, "deliveries only arrive");
                         if copies <= 0 {
                             continue;
                         }
                         let id = &d.event.event_id;
                         let mut duplicates = copies;
-                        if kept.get(id).is_none_or(|expiry| *expiry <= time) {
-                            kept.insert(id.clone(), d.expiry);
+                        if kept.get(id).is_none_or(|k| k.expiry <= time) {
+                            // Kept: cancellers waiting for it are bound to it now.
+                            if let Some(w) = waiting.remove(id) {
+                                out.extend(w.into_iter().filter(|c| c.expiry > time).map(|canceller| (Decision::Bound(Bind { canceller, target: d.clone() }), time, 1)));
+                            }
                             by_expiry.entry(d.expiry).or_default().push(id.clone());
-                            out.push((Ok(d.clone()), d.expiry, -1));
-                            out.push((Ok(d.clone()), time, 1));
+                            out.push((Decision::Kept(d.clone()), d.expiry, -1));
+                            out.push((Decision::Kept(d.clone()), time, 1));
                             duplicates -= 1;
+                            kept.insert(id.clone(), d.clone());
                         }
                         if duplicates > 0 {
                             let reject = duplicate_reject(d.ingest, d.position, &d.event);
                             let leaves = reject_expiry(time).max(time + 1);
-                            out.push((Err(reject.clone()), leaves, -duplicates));
-                            out.push((Err(reject), time, duplicates));
+                            out.push((Decision::Duplicate(reject.clone()), leaves, -duplicates));
+                            out.push((Decision::Duplicate(reject), time, duplicates));
+                        }
+                    }
+                    // Then the cancellers of this time, in arrival order.
+                    cancellers.sort_by(|(_, a), (_, b)| (a.ingest, a.position, &a.event).cmp(&(b.ingest, b.position, &b.event)));
+                    for (target, canceller) in cancellers {
+                        match kept.get(&target) {
+                            Some(t) if t.expiry > time => out.push((Decision::Bound(Bind { canceller, target: t.clone() }), time, 1)),
+                            _ => {
+                                by_expiry.entry(canceller.expiry).or_default().push(target.clone());
+                                waiting.entry(target).or_default().push(canceller);
+                            }
                         }
                     }
                     output.session(&cap).give_iterator(out.into_iter());
                 }
-                pending.settle();
+                deliveries.settle();
+                announcements.settle();
             }
         })
     }

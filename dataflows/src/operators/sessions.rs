@@ -5,16 +5,18 @@
 //! by time, in time order, once the frontier has passed a time. Per user the operator
 //! keeps the user's live events in session order and the user's sessions; when a time
 //! changes a user's events, it splits again the sessions the changes can have altered
-//! (see `resessionize`; with [`sessionize`], the function the reference's sessions
-//! agree with) and emits what differs:
+//! (see `resessionize`; with [`sessionize`](crate::rows::sessionize), the function the
+//! reference's sessions agree with) and emits what differs:
 //!
 //! - [`SessionChange::Session`]: the old rows retracted and the new ones inserted (a
 //!   session that did not change emits nothing);
-//! - [`SessionChange::Funnel`]: for every funnel key ([`funnel_keys`]) of a changed
-//!   session, the change of the key's [`FunnelAgg`] sums, with `unique_users` moving
-//!   only when the number of the user's sessions under the key leaves or comes back to 0;
-//!   summed over the time's users before it is emitted, and nothing when a session's
-//!   change leaves its funnel keys and sums as they were (a page view added to it, say).
+//! - [`SessionChange::Funnel`]: for every funnel key
+//!   ([`funnel_keys`](crate::rows::funnel_keys)) of a changed session, the change of the
+//!   key's [`FunnelAgg`] sums, with `unique_users` moving only when the number of the
+//!   user's sessions under the key leaves or comes back to 0; summed over the time's
+//!   users before it is emitted (a key may come in parts, see `FunnelSums`, that the
+//!   sums downstream add up), and nothing when a session's change leaves its funnel keys
+//!   and sums as they were (a page view added to it, say).
 //!
 //! Users are placed by the hash of their id and kept by the id itself: two ids that
 //! share a hash are never merged. The output is on the user's worker, so the `sessions`
@@ -35,15 +37,16 @@ use timely::dataflow::Stream;
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 
 use crate::event::{Event, Text};
-use crate::rows::{funnel_keys, key_of, sessionize, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
+use crate::rows::{key_of, sessionize_reusing, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
 use crate::time::{Granularity, Millis, Time};
 use crate::views::Pending;
 
 /// What the `sessions` operator emits.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SessionChange {
-    /// A `sessions` row, with the update's diff as the diff.
-    Session(SessionRow),
+    /// A `sessions` row, with the update's diff as the diff (shared with the operator's
+    /// own copy of the user's sessions).
+    Session(Arc<SessionRow>),
     /// A change of a funnel key's sums (the update's diff is 1).
     Funnel(FunnelKey, FunnelAgg),
 }
@@ -58,27 +61,30 @@ pub trait Sessions<'scope> {
 #[derive(Default)]
 struct User {
     events: Vec<(SessionEvent, isize)>,
-    /// Sorted.
-    sessions: Vec<SessionRow>,
+    /// Sorted; each row shared with the `sessions` arrangement.
+    sessions: Vec<Arc<SessionRow>>,
     /// The events the time being applied has changed (empty between times).
     changed: Vec<SessionEvent>,
 }
 
-/// The sessions a time's changes can have changed, before (`old`, from the user's
-/// sessions) and after (`new`, split again from the events, which already hold the
-/// changes): the shop sessions of every session id a changed event names, and every
+/// The sessions a time's changes can have changed, before (`old`, the positions of the
+/// user's sessions) and after (`new`, split again from the events, which already hold
+/// the changes): the shop sessions of every session id a changed event names, and every
 /// derived session within [`SESSION_GAP_MS`] of a changed event without one, with the
 /// derived sessions between them. A derived session farther from every change keeps
 /// its events and the gaps around them, so it is the same before and after; a shop
-/// session depends only on its own events. Both are sorted.
-fn resessionize(user: &User, changed: &[SessionEvent]) -> (Vec<SessionRow>, Vec<SessionRow>) {
+/// session depends only on its own events. Both are in session order.
+fn resessionize(user: &User, changed: &[SessionEvent]) -> (Vec<usize>, Vec<SessionRow>) {
     let ids: Vec<&str> = changed.iter().filter_map(|e| e.event.session_id.as_deref()).collect();
     let loose: Vec<Millis> = changed.iter().filter(|e| e.event.session_id.is_none()).map(|e| e.event_ts).collect();
     let near = |s: &SessionRow| loose.iter().any(|t| s.start_ts - SESSION_GAP_MS <= *t && *t <= s.end_ts + SESSION_GAP_MS);
     // The span of event times whose derived sessions are split again.
     let span = loose.iter().map(|t| (*t, *t)).chain(user.sessions.iter().filter(|s| s.derived && near(s)).map(|s| (s.start_ts, s.end_ts))).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
     let in_span = |s: &SessionRow| span.is_some_and(|(lo, hi)| s.start_ts <= hi && s.end_ts >= lo);
-    let old: Vec<SessionRow> = user.sessions.iter().filter(|s| if s.derived { in_span(s) } else { ids.contains(&&*s.session_id) }).cloned().collect();
+    let old: Vec<usize> = (0..user.sessions.len()).filter(|&i| {
+        let s = &user.sessions[i];
+        if s.derived { in_span(s) } else { ids.contains(&&*s.session_id) }
+    }).collect();
     let subset: Vec<&SessionEvent> = user
         .events
         .iter()
@@ -88,7 +94,8 @@ fn resessionize(user: &User, changed: &[SessionEvent]) -> (Vec<SessionRow>, Vec<
         })
         .flat_map(|(e, n)| std::iter::repeat_n(e, (*n).max(0) as usize))
         .collect();
-    let mut new = sessionize(&subset);
+    let earlier: Vec<&SessionRow> = old.iter().map(|&i| &*user.sessions[i]).collect();
+    let mut new = sessionize_reusing(&subset, &earlier);
     new.sort();
     (old, new)
 }
@@ -99,6 +106,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
         self.unary_frontier::<CapacityContainerBuilder<Vec<(SessionChange, Time, isize)>>, _, _, _>(pact, "Sessions: by user, with the funnel's changes", |_, _| {
             let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
             let mut users: HashMap<Text, User> = HashMap::default();
+            let fixed = Fixed::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     for (e, t, r) in data.drain(..) {
@@ -124,30 +132,36 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         user.changed.push(event);
                     }
                     let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
-                    let mut funnel: HashMap<FunnelKey, FunnelAgg> = HashMap::default();
+                    let mut funnel = FunnelSums::default();
                     for user_id in touched {
                         let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
                         let changed = std::mem::take(&mut user.changed);
                         let (old, new) = resessionize(user, &changed);
-                        let (removed, added) = difference(&old, &new);
-                        funnel_changes(&user.sessions, &removed, &added, &mut funnel);
-                        for s in &removed {
-                            out.push((SessionChange::Session((*s).clone()), time, -1));
+                        let (removed, added) = difference(&user.sessions, &old, &new);
+                        {
+                            let removed: Vec<&SessionRow> = removed.iter().map(|&i| &*user.sessions[i]).collect();
+                            let added: Vec<&SessionRow> = added.iter().map(|&j| &new[j]).collect();
+                            funnel_changes(&user.sessions, &removed, &added, &fixed, &mut funnel);
                         }
-                        for s in &added {
-                            out.push((SessionChange::Session((*s).clone()), time, 1));
+                        // The removed rows leave the user's sessions into the output, and
+                        // the added ones join them in order, a copy going out.
+                        for &i in removed.iter().rev() {
+                            out.push((SessionChange::Session(user.sessions.remove(i)), time, -1));
                         }
-                        // The user's sessions anew, in one allocation of the exact size.
-                        let mut sessions = Vec::with_capacity(user.sessions.len() + added.len() - removed.len());
-                        sessions.extend(user.sessions.iter().filter(|s| removed.binary_search(s).is_err()).cloned());
-                        sessions.extend(added.into_iter().cloned());
-                        sessions.sort();
-                        user.sessions = sessions;
+                        let mut new: Vec<Option<Arc<SessionRow>>> = new.into_iter().map(|s| Some(Arc::new(s))).collect();
+                        // Most users have one session: no room beyond what they hold.
+                        user.sessions.reserve_exact(added.len());
+                        for &j in &added {
+                            let row = new[j].take().expect("each added row once");
+                            out.push((SessionChange::Session(row.clone()), time, 1));
+                            let at = user.sessions.binary_search(&row).unwrap_or_else(|at| at);
+                            user.sessions.insert(at, row);
+                        }
                         if user.events.is_empty() {
                             users.remove(&user_id);
                         }
                     }
-                    out.extend(funnel.into_iter().filter(|(_, a)| !a.is_zero()).map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
+                    out.extend(funnel.into_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
                     output.session(&cap).give_iterator(out.into_iter());
                 }
                 pending.settle();
@@ -169,26 +183,28 @@ fn apply(events: &mut Vec<(SessionEvent, isize)>, event: &SessionEvent, r: isize
     }
 }
 
-/// The rows of `old` not in `new`, and of `new` not in `old` (both sorted).
-fn difference<'a>(old: &'a [SessionRow], new: &'a [SessionRow]) -> (Vec<&'a SessionRow>, Vec<&'a SessionRow>) {
+/// Of the user's sessions at positions `old` and the rows `new` (both in session
+/// order): the positions of those not in `new`, and the indices of the rows of `new`
+/// not among them, each ascending.
+fn difference(sessions: &[Arc<SessionRow>], old: &[usize], new: &[SessionRow]) -> (Vec<usize>, Vec<usize>) {
     let (mut removed, mut added) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
+        match (old.get(i).map(|&at| &*sessions[at]), new.get(j)) {
             (Some(a), Some(b)) if a == b => {
                 i += 1;
                 j += 1;
             }
             (Some(a), Some(b)) if a < b => {
-                removed.push(a);
+                removed.push(old[i]);
                 i += 1;
             }
-            (Some(a), None) => {
-                removed.push(a);
+            (Some(_), None) => {
+                removed.push(old[i]);
                 i += 1;
             }
-            (_, Some(b)) => {
-                added.push(b);
+            (_, Some(_)) => {
+                added.push(j);
                 j += 1;
             }
             (None, None) => unreachable!("the loop runs while one side has rows"),
@@ -202,14 +218,90 @@ fn funnel_part(s: &SessionRow) -> ([Millis; 3], FunnelAgg, [&Option<Text>; 4]) {
     (Granularity::ALL.map(|g| g.window_start(s.start_ts)), FunnelAgg::of_session(s), [&s.country, &s.device, &s.utm_source, &s.category])
 }
 
-/// Whether a session counts under `key`.
-fn counts_under(s: &SessionRow, key: &FunnelKey) -> bool {
-    key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_str(s) == &*key.value)
+/// The texts of the values that no session field holds: `all` and `(none)`, one copy per
+/// operator, so that funnel keys can borrow them like a session's own values.
+struct Fixed {
+    all: Text,
+    none: Text,
+}
+
+impl Default for Fixed {
+    fn default() -> Self {
+        Fixed { all: Text::from(crate::rows::ALL_TEXT), none: Text::from(crate::rows::NONE_VALUE) }
+    }
+}
+
+/// A funnel key of a session, borrowing its value: what
+/// [`funnel_keys`](crate::rows::funnel_keys) gives, without a copy of the value.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    granularity: Granularity,
+    window_start: Millis,
+    dimension: Dimension,
+    value: &'a Text,
+}
+
+impl<'a> Part<'a> {
+    /// The session's keys, in the order of [`funnel_keys`](crate::rows::funnel_keys).
+    fn of(s: &'a SessionRow, fixed: &'a Fixed) -> impl Iterator<Item = Part<'a>> + 'a {
+        Granularity::ALL.into_iter().flat_map(move |granularity| {
+            let window_start = granularity.window_start(s.start_ts);
+            Dimension::ALL.into_iter().map(move |dimension| {
+                let value = match dimension.field(s) {
+                    None => &fixed.all,
+                    Some(v) => v.as_ref().unwrap_or(&fixed.none),
+                };
+                Part { granularity, window_start, dimension, value }
+            })
+        })
+    }
+
+    /// The order of [`FunnelKey`]s.
+    fn cmp_key(&self, other: &Part) -> std::cmp::Ordering {
+        (self.granularity, self.window_start, self.dimension, &**self.value).cmp(&(other.granularity, other.window_start, other.dimension, &**other.value))
+    }
+
+    /// Whether a session counts under this key.
+    fn counts(&self, s: &SessionRow) -> bool {
+        self.granularity.window_start(s.start_ts) == self.window_start && (self.dimension == Dimension::All || self.dimension.value_str(s) == &**self.value)
+    }
+}
+
+/// The changes of one time's funnel sums, by key, each key's value told by the address
+/// of its text: equal values of events decoded on one thread share one text, so this is
+/// almost always the key itself, and it costs no string comparison and no copy. Where
+/// two texts hold one value, the key's change is emitted in two parts, which the sums
+/// downstream add up.
+#[derive(Default)]
+struct FunnelSums {
+    /// Per (granularity, dimension, window start, address of the value): the value (which
+    /// keeps the address in use) and the change.
+    by_address: HashMap<(Granularity, Dimension, Millis, usize), (Text, FunnelAgg)>,
+}
+
+impl FunnelSums {
+    fn add(&mut self, part: &Part, delta: &FunnelAgg) {
+        let address = Arc::as_ptr(part.value) as *const u8 as usize;
+        match self.by_address.entry((part.granularity, part.dimension, part.window_start, address)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1.plus_equals(delta),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((part.value.clone(), *delta));
+            }
+        }
+    }
+
+    /// The non-zero changes.
+    fn into_changes(self) -> impl Iterator<Item = (FunnelKey, FunnelAgg)> {
+        self.by_address
+            .into_iter()
+            .filter(|(_, (_, delta))| !delta.is_zero())
+            .map(|((granularity, dimension, window_start, _), (value, delta))| (FunnelKey { granularity, window_start, dimension, value }, delta))
+    }
 }
 
 /// Adds to `funnel` the changes of the funnel's sums when `removed` leave a user's
 /// sessions `old` and `added` join them.
-fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&SessionRow], funnel: &mut HashMap<FunnelKey, FunnelAgg>) {
+fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&SessionRow], fixed: &Fixed, funnel: &mut FunnelSums) {
     // The common case of a session that grew without changing what the funnel sees.
     if removed.len() == added.len() {
         let mut a: Vec<_> = removed.iter().map(|s| funnel_part(s)).collect();
@@ -225,8 +317,8 @@ fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&Session
             if windows_a == windows_b && dims_a == dims_b {
                 let mut change = *agg_b;
                 change.plus_equals(&agg_a.multiply(&-1));
-                for key in funnel_keys(added[0]) {
-                    funnel.entry(key).or_default().plus_equals(&change);
+                for part in Part::of(added[0], fixed) {
+                    funnel.add(&part, &change);
                 }
                 return;
             }
@@ -234,18 +326,18 @@ fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&Session
     }
     // Per key of a changed session: the sums' change, and the change in the number of
     // the user's sessions under it (a session's keys are distinct).
-    let mut deltas: Vec<(FunnelKey, FunnelAgg, isize)> = Vec::with_capacity(15 * (removed.len() + added.len()));
+    let mut deltas: Vec<(Part, FunnelAgg, isize)> = Vec::with_capacity(15 * (removed.len() + added.len()));
     for (sessions, sign) in [(removed, -1isize), (added, 1)] {
         for s in sessions {
             let agg = FunnelAgg::of_session(s).multiply(&sign);
-            deltas.extend(funnel_keys(s).map(|key| (key, agg, sign)));
+            deltas.extend(Part::of(s, fixed).map(|part| (part, agg, sign)));
         }
     }
     if removed.len() + added.len() > 1 {
         // Several sessions may share keys: sum each key's changes.
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        deltas.sort_unstable_by(|a, b| a.0.cmp_key(&b.0));
         deltas.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
+            let same = later.0.cmp_key(&kept.0).is_eq();
             if same {
                 kept.1.plus_equals(&later.1);
                 kept.2 += later.2;
@@ -253,14 +345,14 @@ fn funnel_changes(old: &[SessionRow], removed: &[&SessionRow], added: &[&Session
             same
         });
     }
-    for (key, mut sum, count) in deltas {
+    for (part, mut sum, count) in deltas {
         if count != 0 {
-            let before = old.iter().filter(|s| counts_under(s, &key)).count() as isize;
+            let before = old.iter().filter(|s| part.counts(s)).count() as isize;
             let after = before + count;
             sum.unique_users = i64::from(after > 0) - i64::from(before > 0);
         }
         if !sum.is_zero() {
-            funnel.entry(key).or_default().plus_equals(&sum);
+            funnel.add(&part, &sum);
         }
     }
 }
@@ -277,7 +369,7 @@ mod tests {
 
     use super::*;
     use crate::event::{EventType, Geo};
-    use crate::rows::sessionize_users;
+    use crate::rows::{funnel_keys, sessionize_users};
 
     /// An event of the random histories: few users, ids, times and dimension values, so
     /// that sessions merge, split, share keys and come back.
@@ -331,7 +423,7 @@ mod tests {
                     .inspect(move |(change, t, r)| {
                         let mut out = sink.lock().expect("no panics");
                         match change {
-                            SessionChange::Session(s) => out.0.push((s.clone(), *t, *r)),
+                            SessionChange::Session(s) => out.0.push(((**s).clone(), *t, *r)),
                             SessionChange::Funnel(k, a) => out.1.push((k.clone(), *t, a.multiply(r))),
                         }
                     })
