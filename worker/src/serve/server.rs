@@ -107,6 +107,9 @@ struct State {
     /// The current session (0: none) and where its responses go.
     session: u64,
     out: Option<mpsc::Sender<Result<wire::Response, Status>>>,
+    /// Whether the current session's hello has been answered: until then nothing else
+    /// goes out on it (the coordinator reads the answer to its hello first).
+    greeted: bool,
     peeks: HashMap<u64, PeekMerge>,
     subscriptions: HashMap<u64, BatchMerge>,
     /// Ingest requests at a thread, waiting for its acknowledgement.
@@ -207,7 +210,12 @@ impl WorkerService {
     }
 
     async fn send(&self, responses: Vec<Resp>) {
-        let out = self.lock().out.clone();
+        // Before the hello is answered only frontiers can be waiting here, and the
+        // answer carries the latest frontier.
+        let out = {
+            let state = self.lock();
+            if state.greeted { state.out.clone() } else { None }
+        };
         if let Some(out) = out {
             for response in responses {
                 if out.send(Ok(wire::Response { response: Some(response) })).await.is_err() {
@@ -343,8 +351,9 @@ impl WorkerService {
         if hello.version != PROTOCOL_VERSION {
             tracing::warn!(coordinator = hello.version, worker = PROTOCOL_VERSION, "protocol versions differ");
         }
-        let (upper, since) = self.lock().sent;
-        vec![
+        let mut state = self.lock();
+        let (upper, since) = state.sent;
+        let answer = [
             Resp::Hello(wire::HelloResponse {
                 version: PROTOCOL_VERSION,
                 process: self.shape.process as u32,
@@ -353,7 +362,25 @@ impl WorkerService {
                 views: self.schemas.iter().map(|s| s.info(upper, since)).collect(),
             }),
             Resp::Frontier(wire::Frontier { upper, since }),
-        ]
+        ];
+        if state.greeted {
+            return answer.into();
+        }
+        // The first hello of the session: its answer goes onto the stream (empty so far)
+        // under the lock that marks the session greeted, so that no frontier an earlier
+        // reply computed can overtake it.
+        state.greeted = true;
+        match state.out.clone() {
+            Some(out) => {
+                for response in answer {
+                    if out.try_send(Ok(wire::Response { response: Some(response) })).is_err() {
+                        break;
+                    }
+                }
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
     }
 
     fn view(&self, name: &str) -> Result<(usize, &Schema), String> {
@@ -501,6 +528,7 @@ impl WorkerService {
         }
         state.session += 1;
         state.out = Some(out);
+        state.greeted = false;
         Ok(state.session)
     }
 
@@ -549,5 +577,42 @@ impl wire::worker_server::Worker for WorkerService {
             service.end(session);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A frontier that a thread reports while a session is open but its hello not yet
+    /// answered does not go out before the answer: the coordinator reads the answer to
+    /// its hello first, and refuses the worker otherwise.
+    #[tokio::test]
+    async fn the_answer_to_hello_comes_first() {
+        let (replies_tx, replies) = mpsc::channel(8);
+        let shape = Shape { process: 0, processes: 1, threads: 1 };
+        let service = WorkerService::new(shape, Vec::new(), Vec::new(), Counter::default(), replies);
+        let (out, mut stream) = mpsc::channel(OUTBOUND);
+        let session = service.begin_session(out).expect("no other session");
+        replies_tx.send(ThreadReply::Frontier { thread: 0, upper: 7, since: 3 }).await.expect("the router runs");
+        // The router has taken the frontier once the state shows it; give its send time to
+        // land on the stream, if it would.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while service.lock().sent != (7, 3) {
+            assert!(std::time::Instant::now() < deadline, "the router did not take the frontier");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let responses = service.on_command(session, Cmd::Hello(wire::Hello { version: PROTOCOL_VERSION, ..Default::default() }));
+        service.send(responses).await;
+        let first = stream.recv().await.expect("an answer").expect("not an error").response;
+        assert!(matches!(first, Some(Resp::Hello(_))), "the first response is {first:?}");
+        let second = stream.recv().await.expect("a frontier").expect("not an error").response;
+        assert!(matches!(second, Some(Resp::Frontier(wire::Frontier { upper: 7, since: 3 }))), "then {second:?}");
+        replies_tx.send(ThreadReply::Frontier { thread: 0, upper: 9, since: 3 }).await.expect("the router runs");
+        let third = stream.recv().await.expect("a frontier").expect("not an error").response;
+        assert!(matches!(third, Some(Resp::Frontier(wire::Frontier { upper: 9, .. }))), "and later ones as they come: {third:?}");
     }
 }
