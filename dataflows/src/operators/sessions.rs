@@ -63,8 +63,9 @@ struct User {
     events: Vec<(SessionEvent, isize)>,
     /// Sorted; each row shared with the `sessions` arrangement.
     sessions: Vec<Arc<SessionRow>>,
-    /// The events the time being applied has changed (empty between times).
-    changed: Vec<SessionEvent>,
+    /// The event times and session ids of the events the time being applied has changed
+    /// (empty between times): what tells which sessions to split again.
+    changed: Vec<(Millis, Option<Text>)>,
 }
 
 /// The sessions a time's changes can have changed, before (`old`, the positions of the
@@ -74,9 +75,9 @@ struct User {
 /// derived sessions between them. A derived session farther from every change keeps
 /// its events and the gaps around them, so it is the same before and after; a shop
 /// session depends only on its own events. Both are in session order.
-fn resessionize(user: &User, changed: &[SessionEvent]) -> (Vec<usize>, Vec<SessionRow>) {
-    let ids: Vec<&str> = changed.iter().filter_map(|e| e.event.session_id.as_deref()).collect();
-    let loose: Vec<Millis> = changed.iter().filter(|e| e.event.session_id.is_none()).map(|e| e.event_ts).collect();
+fn resessionize(user: &User, changed: &[(Millis, Option<Text>)]) -> (Vec<usize>, Vec<SessionRow>) {
+    let ids: Vec<&str> = changed.iter().filter_map(|(_, id)| id.as_deref()).collect();
+    let loose: Vec<Millis> = changed.iter().filter(|(_, id)| id.is_none()).map(|(ts, _)| *ts).collect();
     let near = |s: &SessionRow| loose.iter().any(|t| s.start_ts - SESSION_GAP_MS <= *t && *t <= s.end_ts + SESSION_GAP_MS);
     // The span of event times whose derived sessions are split again.
     let span = loose.iter().map(|t| (*t, *t)).chain(user.sessions.iter().filter(|s| s.derived && near(s)).map(|s| (s.start_ts, s.end_ts))).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
@@ -127,9 +128,8 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         if user.changed.is_empty() {
                             touched.push(e.user_id.clone());
                         }
-                        let event = SessionEvent::from(&e);
-                        apply(&mut user.events, &event, r);
-                        user.changed.push(event);
+                        user.changed.push((e.event_ts, e.session_id.clone()));
+                        apply(&mut user.events, SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e }, r);
                     }
                     let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                     let mut funnel = FunnelSums::default();
@@ -171,15 +171,15 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
 }
 
 /// Adds `r` copies of `event` to a user's events, kept sorted and without zero counts.
-fn apply(events: &mut Vec<(SessionEvent, isize)>, event: &SessionEvent, r: isize) {
-    match events.binary_search_by(|(e, _)| e.cmp(event)) {
+fn apply(events: &mut Vec<(SessionEvent, isize)>, event: SessionEvent, r: isize) {
+    match events.binary_search_by(|(e, _)| e.cmp(&event)) {
         Ok(i) => {
             events[i].1 += r;
             if events[i].1 == 0 {
                 events.remove(i);
             }
         }
-        Err(i) => events.insert(i, (event.clone(), r)),
+        Err(i) => events.insert(i, (event, r)),
     }
 }
 
