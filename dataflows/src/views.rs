@@ -682,6 +682,16 @@ impl<D> Pending<D> {
     }
 }
 
+/// For an operator with two inputs stashed by time: the earliest time either has stashed,
+/// once `complete` says both inputs have passed it, with a capability for it and the
+/// updates of each at that time (call [`Pending::settle`] on both after popping).
+pub(crate) fn pop_ready_pair<A, B>(a: &mut Pending<A>, b: &mut Pending<B>, complete: impl Fn(&Time) -> bool) -> Option<(Capability<Time>, Time, Vec<A>, Vec<B>)> {
+    let time = [a.first_time(), b.first_time()].into_iter().flatten().min().filter(|t| complete(t))?;
+    let (cap_a, from_a) = a.pop_at(time);
+    let (cap_b, from_b) = b.pop_at(time);
+    Some((cap_a.or(cap_b)?, time, from_a, from_b))
+}
+
 /// A reduce's input values with multiplicities expanded (a value of count `n` appears `n`
 /// times), in reduce order.
 pub(crate) fn expanded<'a, T>(input: &'a [(&'a T, isize)]) -> impl Iterator<Item = &'a T> + 'a {

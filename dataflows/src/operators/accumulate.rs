@@ -17,7 +17,7 @@
 //! State: one sum per key with a non-zero sum. The output is already on its owner, so it
 //! can be arranged without another exchange ([`crate::views::arrange_placed`]). Where the
 //! deltas are sent to their owners, each sender remembers the placement of the keys it
-//! has seen ([`RouteCache`]): a window's keys come back time after time, and a key's
+//! has seen (`RouteCache`): a window's keys come back time after time, and a key's
 //! placement hash is taken over its routing text, which is built anew each time.
 
 use foldhash::HashMap;

@@ -40,7 +40,7 @@ use timely::dataflow::Stream;
 use super::dedup::Delivery;
 use crate::event::{Event, EventType, Text};
 use crate::time::Time;
-use crate::views::Pending;
+use crate::views::{pop_ready_pair, Pending};
 
 /// A canceller and its target, bound at the later of their arrivals.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -188,12 +188,7 @@ pub fn resolve<'scope>(binds: Updates<'scope, Bind>, kept: Updates<'scope, Deliv
                 }
             });
             let complete = |t: &Time| !frontier.less_equal(t) && !kept_frontier.less_equal(t);
-            loop {
-                let next = [pending.first_time(), arrivals.first_time()].into_iter().flatten().min();
-                let Some(time) = next.filter(complete) else { break };
-                let (cap, mut binds) = pending.pop_at(time);
-                let (cap2, arrived) = arrivals.pop_at(time);
-                let Some(cap) = cap.or(cap2) else { break };
+            while let Some((cap, time, mut binds, arrived)) = pop_ready_pair(&mut pending, &mut arrivals, complete) {
                 while let Some(entry) = cancellers_by_expiry.first_entry() {
                     if *entry.key() > time {
                         break;

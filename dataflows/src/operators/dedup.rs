@@ -71,7 +71,7 @@ use crate::decode::{duplicate_reject, Reject};
 use crate::event::{Event, Text};
 use crate::rows::key_of;
 use crate::time::Time;
-use crate::views::Pending;
+use crate::views::{pop_ready_pair, Pending};
 
 /// An accepted event as it arrived: when, where in its source, and when it leaves.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -134,13 +134,7 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                     }
                 });
                 let complete = |t: &Time| !frontier.less_equal(t) && !announced_frontier.less_equal(t);
-                loop {
-                    // The earliest time either input has waiting, once both have passed it.
-                    let next = [deliveries.first_time(), announcements.first_time()].into_iter().flatten().min();
-                    let Some(time) = next.filter(complete) else { break };
-                    let (cap, mut arrived) = deliveries.pop_at(time);
-                    let (cap2, mut cancellers) = announcements.pop_at(time);
-                    let Some(cap) = cap.or(cap2) else { break };
+                while let Some((cap, time, mut arrived, mut cancellers)) = pop_ready_pair(&mut deliveries, &mut announcements, complete) {
                     // Forget kept deliveries and waiting cancellers that have expired by now.
                     while let Some(entry) = by_expiry.first_entry() {
                         if *entry.key() > time {
