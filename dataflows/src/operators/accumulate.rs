@@ -69,6 +69,8 @@ where
         self.unary_frontier::<CapacityContainerBuilder<Vec<((K, R), Time, isize)>>, _, _, _>(pact, name, |_, _| {
             let mut pending: Pending<(K, R)> = Pending::default();
             let mut sums: HashMap<K, R> = HashMap::default();
+            // A time's deltas by key: emptied at every time, kept for its room.
+            let mut deltas: HashMap<K, R> = HashMap::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     for (k, t, r) in data.drain(..) {
@@ -76,12 +78,11 @@ where
                     }
                 });
                 while let Some((cap, time, updates)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
-                    let mut deltas: HashMap<K, R> = HashMap::default();
                     for (k, r) in updates {
                         add_into(&mut deltas, k, r);
                     }
                     let mut changes = Vec::with_capacity(2 * deltas.len());
-                    for (key, delta) in deltas {
+                    for (key, delta) in deltas.drain() {
                         if delta.is_zero() {
                             continue;
                         }

@@ -108,6 +108,8 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
             let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
             let mut users: HashMap<Text, User> = HashMap::default();
             let fixed = Fixed::default();
+            // Emptied at every time, kept for its room.
+            let mut funnel = FunnelSums::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     for (e, t, r) in data.drain(..) {
@@ -132,7 +134,6 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         apply(&mut user.events, SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e }, r);
                     }
                     let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
-                    let mut funnel = FunnelSums::default();
                     for user_id in touched {
                         let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
                         let changed = std::mem::take(&mut user.changed);
@@ -161,7 +162,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                             users.remove(&user_id);
                         }
                     }
-                    out.extend(funnel.into_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
+                    out.extend(funnel.drain_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
                     output.session(&cap).give_iterator(out.into_iter());
                 }
                 pending.settle();
@@ -290,10 +291,10 @@ impl FunnelSums {
         }
     }
 
-    /// The non-zero changes.
-    fn into_changes(self) -> impl Iterator<Item = (FunnelKey, FunnelAgg)> {
+    /// The non-zero changes, leaving none.
+    fn drain_changes(&mut self) -> impl Iterator<Item = (FunnelKey, FunnelAgg)> + '_ {
         self.by_address
-            .into_iter()
+            .drain()
             .filter(|(_, (_, delta))| !delta.is_zero())
             .map(|((granularity, dimension, window_start, _), (value, delta))| (FunnelKey { granularity, window_start, dimension, value }, delta))
     }
