@@ -77,11 +77,16 @@ where
                         pending.push(&cap, t, (k, r));
                     }
                 });
+                // Every time ready now, in time order, its changes going out with the
+                // others in one message at the earliest one's capability.
+                let mut first = None;
+                let mut changes = Vec::new();
                 while let Some((cap, time, updates)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
+                    first.get_or_insert(cap);
                     for (k, r) in updates {
                         add_into(&mut deltas, k, r);
                     }
-                    let mut changes = Vec::with_capacity(2 * deltas.len());
+                    changes.reserve(2 * deltas.len());
                     for (key, delta) in deltas.drain() {
                         if delta.is_zero() {
                             continue;
@@ -102,6 +107,8 @@ where
                             }
                         }
                     }
+                }
+                if let Some(cap) = first {
                     output.session(&cap).give_iterator(changes.into_iter());
                 }
                 pending.settle();

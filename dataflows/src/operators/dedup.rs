@@ -134,7 +134,12 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                     }
                 });
                 let complete = |t: &Time| !frontier.less_equal(t) && !announced_frontier.less_equal(t);
+                // Every time ready now, in time order; the decisions go out in one message at
+                // the earliest one's capability (each carries its time).
+                let mut first = None;
+                let mut out: Vec<(Decision, Time, isize)> = Vec::new();
                 while let Some((cap, time, mut arrived, mut cancellers)) = pop_ready_pair(&mut deliveries, &mut announcements, complete) {
+                    first.get_or_insert(cap);
                     // Forget kept deliveries and waiting cancellers that have expired by now.
                     while let Some(entry) = by_expiry.first_entry() {
                         if *entry.key() > time {
@@ -157,7 +162,6 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                     differential_dataflow::consolidation::consolidate(&mut arrived);
                     // Arrivals at `time`, and each one's leaving at its own later time: all
                     // given now, for `hold_future` downstream to release when due.
-                    let mut out: Vec<(Decision, Time, isize)> = Vec::new();
                     for (d, copies) in arrived {
                         debug_assert!(copies > 0, "deliveries only arrive");
                         if copies <= 0 {
@@ -194,6 +198,8 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                             }
                         }
                     }
+                }
+                if let Some(cap) = first {
                     output.session(&cap).give_iterator(out.into_iter());
                 }
                 deliveries.settle();

@@ -116,7 +116,12 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         pending.push(&cap, t, (e, r));
                     }
                 });
+                // Every time ready now, in time order; what they change goes out in one
+                // message at the earliest one's capability (each update carries its time).
+                let mut first = None;
+                let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                 while let Some((cap, time, changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
+                    first.get_or_insert(cap);
                     // Apply the time's changes user by user, then sessionize each user
                     // touched (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
@@ -133,7 +138,6 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         user.changed.push((e.event_ts, e.session_id.clone()));
                         apply(&mut user.events, SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e }, r);
                     }
-                    let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                     for user_id in touched {
                         let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
                         let changed = std::mem::take(&mut user.changed);
@@ -163,6 +167,8 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         }
                     }
                     out.extend(funnel.drain_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
+                }
+                if let Some(cap) = first {
                     output.session(&cap).give_iterator(out.into_iter());
                 }
                 pending.settle();
