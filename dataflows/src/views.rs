@@ -480,15 +480,15 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
     let cfg = config.clone();
     // Every canceller is announced to its target's id before its own fate is known.
     let announced = deliveries.clone().flat_map(|(d, t, r)| d.event.retracts.clone().map(|target| ((target, d), t, r)));
-    let (kept, others): (Updates<'scope, Delivery>, Updates<'scope, Decision>) =
+    let (kept, others): (Updates<'scope, Delivery>, Updates<'scope, Result<Reject, Bind>>) =
         deliveries.dedup(announced, move |t| cfg.reject_expiry(t)).ok_err(|(decision, time, diff)| match decision {
             Decision::Kept(d) => Ok((d, time, diff)),
-            other => Err((other, time, diff)),
+            Decision::Duplicate(r) => Err((Ok(r), time, diff)),
+            Decision::Bound(b) => Err((Err(b), time, diff)),
         });
-    let (duplicates, binds): (Updates<'scope, Reject>, Updates<'scope, Bind>) = others.ok_err(|(decision, time, diff)| match decision {
-        Decision::Duplicate(r) => Ok((r, time, diff)),
-        Decision::Bound(b) => Err((b, time, diff)),
-        Decision::Kept(_) => unreachable!("kept deliveries are split off first"),
+    let (duplicates, binds): (Updates<'scope, Reject>, Updates<'scope, Bind>) = others.ok_err(|(other, time, diff)| match other {
+        Ok(r) => Ok((r, time, diff)),
+        Err(b) => Err((b, time, diff)),
     });
     let kept_cancellers = kept.clone().flat_map(|(d, t, r)| (r > 0 && d.event.retracts.is_some()).then_some((d, t, r)));
     let corrections = resolve(binds, kept_cancellers);
