@@ -259,14 +259,14 @@ fn measure_per_customer(path: &str, mode: &str) {
         let Ok(bytes) = line else { break };
         let now: Time = 4_000_000_000_000;
         if let Ok(e) = decode(&RawRecord::json(i as u64, bytes), now, &config) {
-            if e.retracts.is_none() && e.event_type != EventType::Retraction && seen.insert(e.event_id.clone()) {
+            if e.retracts().is_none() && e.event_type != EventType::Retraction && seen.insert(e.event_id().to_owned()) {
                 events.push(Arc::new(e));
             }
         }
     }
     drop(seen);
-    let customers = events.iter().filter(|e| e.event_type == EventType::Purchase).map(|e| e.user_id.clone()).collect::<HashSet<_>>().len();
-    let cards = events.iter().filter(|e| e.event_type == EventType::Payment).filter_map(|e| e.card_id.clone()).collect::<HashSet<_>>().len();
+    let customers = events.iter().filter(|e| e.event_type == EventType::Purchase).map(|e| e.user_id().to_owned()).collect::<HashSet<_>>().len();
+    let cards = events.iter().filter(|e| e.event_type == EventType::Payment).filter_map(|e| e.card_id().map(str::to_owned)).collect::<HashSet<_>>().len();
     let n = events.len();
     let mode = mode.to_owned();
     timely::execute_directly(move |worker| {

@@ -16,7 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::event::{Device, Event, EventType, Geo, Text, Utm};
+use crate::event::{Event, EventType, NewEvent, Text};
 use crate::time::{parse_timestamp, Millis, Time};
 
 /// How the bytes of a record are laid out.
@@ -250,7 +250,7 @@ impl Invalid {
 /// The `duplicate` reject of a delivery of an id already kept: its bytes are the
 /// delivery's canonical JSON.
 pub fn duplicate_reject(ingest_time: Time, position: u64, event: &Event) -> Reject {
-    let detail = format!("event_id {:?} was already delivered", event.event_id);
+    let detail = format!("event_id {:?} was already delivered", event.event_id());
     Reject::new(RejectReason::Duplicate, detail, ingest_time, Format::Json, position, event.to_json().into_bytes())
 }
 
@@ -318,13 +318,13 @@ fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Ev
     if event.event_type.needs_amount() && event.price_cents.is_none() {
         return Err(Invalid::missing("price"));
     }
-    if event.event_type.needs_product() && event.product_id.is_none() {
+    if event.event_type.needs_product() && event.product_id().is_none() {
         return Err(Invalid::missing("product_id"));
     }
-    if event.event_type == EventType::Retraction && event.retracts.is_none() {
+    if event.event_type == EventType::Retraction && event.retracts().is_none() {
         return Err(Invalid::missing("retracts"));
     }
-    if event.retracts.as_deref() == Some(&*event.event_id) {
+    if event.retracts() == Some(event.event_id()) {
         return Err(Invalid(RejectReason::BadType, "an event cannot retract itself".into()));
     }
     let ingest = i64::try_from(ingest_time).unwrap_or(i64::MAX);
@@ -383,16 +383,16 @@ type Raw<'a> = &'a serde_json::value::RawValue;
 
 /// An identifier (a JSON string, or an integer taken by its decimal digits): `None` for
 /// an empty string; `Err` for any other JSON value.
-fn id_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
+fn id_of<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>, Invalid> {
     let Some(text) = raw else { return Ok(None) };
     if text.starts_with('"') {
-        return Ok(json_string(text, field)?.map(|s| Text::from(s.as_ref())));
+        return json_string(text, field);
     }
     let digits = text.strip_prefix('-').unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         // An integer is its decimal value: `-0` is `0`.
         let canonical = if digits.bytes().all(|b| b == b'0') { "0" } else { text };
-        return Ok(Some(Text::from(canonical)));
+        return Ok(Some(Cow::Borrowed(canonical)));
     }
     if text == "null" {
         return Ok(None);
@@ -401,23 +401,23 @@ fn id_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
 }
 
 /// A text field: `None` for an absent, null or empty string; `Err` for another type.
-fn text_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
-    string_of(raw, field, |s| Text::from(s))
+fn text_of<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>, Invalid> {
+    string_of(raw, field, |s| s)
 }
 
 /// A text field whose values repeat across events (a country, a category, a UTM source):
 /// as [`text_of`], with equal values sharing one allocation ([`intern`]).
 fn dimension_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
-    string_of(raw, field, intern)
+    string_of(raw, field, |s| intern(&s))
 }
 
 /// A string field made into a [`Text`] by `make`: `None` for an absent, null or empty
 /// string; `Err` for another JSON type.
-fn string_of(raw: Option<&str>, field: &str, make: impl Fn(&str) -> Text) -> Result<Option<Text>, Invalid> {
+fn string_of<'a, T>(raw: Option<&'a str>, field: &str, make: impl Fn(Cow<'a, str>) -> T) -> Result<Option<T>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
     match raw {
         "null" => Ok(None),
-        text if text.starts_with('"') => Ok(json_string(text, field)?.map(|s| make(&s))),
+        text if text.starts_with('"') => Ok(json_string(text, field)?.map(make)),
         text => Err(Invalid(RejectReason::BadType, format!("{field} must be a string, not {}", shorten(text)))),
     }
 }
@@ -904,17 +904,17 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
     let price = number_of(wire.price, "price")?;
     let currency = dimension_of(wire.currency, "currency")?;
     let order_id = id_of(wire.order_id, "order_id")?;
-    let utm = match wire.utm {
-        None => None,
-        Some([source, medium, campaign]) => Some(Utm { source: dimension_of(source, "utm.source")?, medium: dimension_of(medium, "utm.medium")?, campaign: dimension_of(campaign, "utm.campaign")? }),
+    let [utm_source, utm_medium, utm_campaign] = match wire.utm {
+        None => [None, None, None],
+        Some([source, medium, campaign]) => [dimension_of(source, "utm.source")?, dimension_of(medium, "utm.medium")?, dimension_of(campaign, "utm.campaign")?],
     };
-    let device = match wire.device {
-        None => None,
-        Some((os, mobile, device_id)) => Some(Device { os: dimension_of(os, "device.os")?, mobile, device_id: id_of(device_id, "device.device_id")? }),
+    let (device_os, mobile, device_id) = match wire.device {
+        None => (None, None, None),
+        Some((os, mobile, device_id)) => (dimension_of(os, "device.os")?, mobile, id_of(device_id, "device.device_id")?),
     };
-    let geo_wire = match wire.geo {
-        None => None,
-        Some([country, city, lat, lon]) => Some((dimension_of(country, "geo.country")?, dimension_of(city, "geo.city")?, number_of(lat, "geo.lat")?, number_of(lon, "geo.lon")?)),
+    let (country, city, lat, lon) = match wire.geo {
+        None => (None, None, None, None),
+        Some([country, city, lat, lon]) => (dimension_of(country, "geo.country")?, dimension_of(city, "geo.city")?, number_of(lat, "geo.lat")?, number_of(lon, "geo.lon")?),
     };
     let ip = text_of(wire.ip, "ip")?;
     let card_id = id_of(wire.card_id, "card_id")?;
@@ -930,35 +930,27 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
         .ok_or_else(|| Invalid(RejectReason::TimestampOutOfRange, format!("event_ts {:?} is not an RFC 3339 time", shorten(&ts_text))))?;
     let event_ts = in_years(event_ts, config)?;
     let price_cents = price.map(|p| to_cents(p, "price")).transpose()?;
-    let geo = match geo_wire {
-        None => None,
-        Some((country, city, lat, lon)) => Some(Geo {
-            country,
-            city,
-            lat_e6: to_micro_degrees(lat, 90.0, "geo.lat")?,
-            lon_e6: to_micro_degrees(lon, 180.0, "geo.lon")?,
-        }),
+    let lat_e6 = to_micro_degrees(lat, 90.0, "geo.lat")?;
+    let lon_e6 = to_micro_degrees(lon, 180.0, "geo.lon")?;
+    let texts = NewEvent {
+        event_id: &event_id,
+        user_id: &user_id,
+        session_id: session_id.as_deref(),
+        product_id: product_id.as_deref(),
+        order_id: order_id.as_deref(),
+        ip: ip.as_deref(),
+        device_id: device_id.as_deref(),
+        card_id: card_id.as_deref(),
+        retracts: retracts.as_deref(),
     };
-    Ok(Event {
-        event_ts,
-        event_id,
-        event_type,
-        user_id,
-        session_id,
-        product_id,
-        category,
-        price_cents,
-        quantity: wire.quantity.unwrap_or(1),
-        currency,
-        order_id,
-        utm,
-        device,
-        geo,
-        ip,
-        card_id,
-        billing_country,
-        retracts,
-    })
+    let mut event = texts.build(event_type, event_ts);
+    event.price_cents = price_cents;
+    event.quantity = wire.quantity.unwrap_or(1);
+    (event.mobile, event.lat_e6, event.lon_e6) = (mobile, lat_e6, lon_e6);
+    (event.category, event.currency, event.billing_country) = (category, currency, billing_country);
+    (event.utm_source, event.utm_medium, event.utm_campaign) = (utm_source, utm_medium, utm_campaign);
+    (event.device_os, event.country, event.city) = (device_os, country, city);
+    Ok(event)
 }
 
 /// The REES46 header row (files start with it; readers skip it).
@@ -966,7 +958,7 @@ pub const REES46_HEADER: &str = "event_time,event_type,product_id,category_id,ca
 
 /// A REES46 row. Event ids are `rees46:<line>`; `view` becomes `product_view`, `cart`
 /// becomes `add_to_cart`; the category is `category_code` (absent when empty).
-fn decode_rees46(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<Event, Invalid> {
+fn decode_rees46<'a>(bytes: &'a [u8], position: u64, config: &DecodeConfig) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
     let fields: Vec<&str> = text.trim_end_matches(['\r', '\n']).split(',').collect();
     if fields.len() != 9 {
@@ -988,10 +980,10 @@ fn decode_rees46(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<E
     if user.is_empty() {
         return Err(Invalid::missing("user_id"));
     }
-    let non_empty = |s: &str| (!s.is_empty()).then(|| Text::from(s));
-    let mut event = Event::new(&format!("rees46:{position}"), event_type, event_ts, user);
-    event.session_id = non_empty(session);
-    event.product_id = non_empty(product);
+    let non_empty = |s: &'a str| (!s.is_empty()).then_some(s);
+    let event_id = format!("rees46:{position}");
+    let texts = NewEvent { event_id: &event_id, user_id: user, session_id: non_empty(session), product_id: non_empty(product), ..NewEvent::default() };
+    let mut event = texts.build(event_type, event_ts);
     event.category = (!category_code.is_empty()).then(|| intern(category_code));
     event.price_cents = Some(to_cents(price, "price")?);
     Ok(event)
@@ -1024,10 +1016,11 @@ fn decode_cdnow(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<Ev
     let event_ts = in_years(event_ts, config)?;
     let _: u32 = cds.parse().map_err(|_| Invalid(RejectReason::BadType, format!("cd count {cds:?} is not an integer")))?;
     let dollars: f64 = dollars.parse().map_err(|_| Invalid(RejectReason::BadType, format!("amount {dollars:?} is not a number")))?;
-    let mut event = Event::new(&format!("cdnow:{position}"), EventType::Purchase, event_ts, &format!("cdnow:{customer}"));
+    let event_id = format!("cdnow:{position}");
+    let user_id = format!("cdnow:{customer}");
+    let mut event = NewEvent { event_id: &event_id, user_id: &user_id, order_id: Some(&event_id), ..NewEvent::default() }.build(EventType::Purchase, event_ts);
     event.price_cents = Some(to_cents(dollars, "amount")?);
-    event.order_id = Some(event.event_id.clone());
-    event.currency = Some(Text::from("USD"));
+    event.currency = Some(intern("USD"));
     Ok(event)
 }
 
@@ -1075,25 +1068,25 @@ mod tests {
     #[test]
     fn ids_are_strings_or_integers() {
         let e = json(&OK.replace("\"user_id\":42", "\"user_id\":18446744073709551616")).expect("a large integer id");
-        assert_eq!(&*e.user_id, "18446744073709551616");
+        assert_eq!(e.user_id(), "18446744073709551616");
         let e = json(&OK.replace("\"event_id\":\"e1\"", "\"event_id\":-0")).expect("-0 is an integer");
-        assert_eq!(&*e.event_id, "0");
+        assert_eq!(e.event_id(), "0");
         for field in ["session_id", "order_id", "product_id", "card_id", "retracts"] {
             let e = json(&with(&format!("\"{field}\":123"))).expect("an integer id");
             let got = match field {
-                "session_id" => e.session_id,
-                "order_id" => e.order_id,
-                "product_id" => e.product_id,
-                "card_id" => e.card_id,
-                _ => e.retracts,
+                "session_id" => e.session_id(),
+                "order_id" => e.order_id(),
+                "product_id" => e.product_id(),
+                "card_id" => e.card_id(),
+                _ => e.retracts(),
             };
-            assert_eq!(got.as_deref(), Some("123"), "{field}");
+            assert_eq!(got, Some("123"), "{field}");
             assert_eq!(reason(&with(&format!("\"{field}\":1.5"))), RejectReason::BadType, "{field} 1.5");
             assert_eq!(reason(&with(&format!("\"{field}\":true"))), RejectReason::BadType, "{field} true");
         }
         assert_eq!(reason(&OK.replace("\"user_id\":42", "\"user_id\":[42]")), RejectReason::BadType);
         let e = json(&with(r#""category":"","session_id":"","currency":"""#)).expect("empty optional strings");
-        assert!(e.category.is_none() && e.session_id.is_none() && e.currency.is_none());
+        assert!(e.category.is_none() && e.session_id().is_none() && e.currency.is_none());
         let product_view = r#"{"event_id":"e","event_type":"product_view","event_ts":"2023-11-14T22:13:20Z","user_id":"u","product_id":""}"#;
         assert_eq!(reason(product_view), RejectReason::MissingField, "an empty product_id is none");
         let retraction = r#"{"event_id":"e","event_type":"retraction","event_ts":"2023-11-14T22:13:20Z","user_id":"u","retracts":""}"#;
@@ -1127,14 +1120,14 @@ mod tests {
     #[test]
     fn accepts_a_full_event() {
         let e = json(OK).expect("valid");
-        assert_eq!(&*e.event_id, "e1");
-        assert_eq!(&*e.user_id, "42");
+        assert_eq!(e.event_id(), "e1");
+        assert_eq!(e.user_id(), "42");
         assert_eq!(e.event_type, EventType::Purchase);
         assert_eq!(e.event_ts, 1_700_000_000_000);
         assert_eq!(e.amount_cents(), 3998);
-        assert_eq!(e.country(), Some("DE"));
-        assert_eq!(e.geo.as_ref().and_then(|g| g.lat_e6), Some(52_520_000));
-        assert_eq!(e.utm_source(), Some("google"));
+        assert_eq!(e.country.as_deref(), Some("DE"));
+        assert_eq!(e.lat_e6, Some(52_520_000));
+        assert_eq!(e.utm_source.as_deref(), Some("google"));
         // The canonical form decodes to the same event.
         assert_eq!(json(&e.to_json()).expect("canonical form is valid"), e);
     }
@@ -1177,14 +1170,14 @@ mod tests {
         };
         let t = 1_569_888_000_000;
         let e = decode(&row, t, &DecodeConfig::default()).expect("valid row");
-        assert_eq!((&*e.event_id, e.event_type, e.price_cents), ("rees46:3", EventType::ProductView, Some(3320)));
+        assert_eq!((e.event_id(), e.event_type, e.price_cents), ("rees46:3", EventType::ProductView, Some(3320)));
         assert_eq!(e.category.as_deref(), Some("appliances.environment.water_heater"));
         assert_eq!(peek_event_ts(&row), Some(t as i64));
         let cut = RawRecord { bytes: b"2019-10-01 02:50:00 UTC,view,10900305,2053013555069845885,appliances.kitchen.mixer,elenberg,25.71,520403300".to_vec(), ..row };
         assert_eq!(decode(&cut, t, &DecodeConfig::default()).expect_err("cut row").reason, RejectReason::Malformed);
         let cd = RawRecord { format: Format::Cdnow, position: 1, bytes: b" 00004 0001 19970101  2   29.33".to_vec() };
         let e = decode(&cd, 852_076_800_000 + 1, &DecodeConfig::default()).expect("cdnow row");
-        assert_eq!((&*e.user_id, e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
+        assert_eq!((e.user_id(), e.amount_cents(), e.event_ts), ("cdnow:00004", 2933, 852_076_800_000));
     }
 
     /// What serde reads a record into, as the one-pass reader's literals.

@@ -69,18 +69,17 @@ impl Payment {
         if e.event_type != EventType::Payment {
             return None;
         }
-        let device = e.device.as_ref().and_then(|d| d.device_id.clone().or_else(|| d.os.clone()));
-        let geo = e.geo.as_ref();
+        let device = e.device_id().map(Text::from).or_else(|| e.device_os.clone());
         Some(Payment {
             event_ts: e.event_ts,
-            event_id: e.event_id.clone(),
-            card_id: e.card_id.clone()?,
-            user_id: e.user_id.clone(),
+            event_id: Text::from(e.event_id()),
+            card_id: Text::from(e.card_id()?),
+            user_id: Text::from(e.user_id()),
             amount_cents: e.amount_cents(),
             device,
-            country: geo.and_then(|g| g.country.clone()),
-            ip: e.ip.clone(),
-            location: geo.and_then(|g| Some((g.lat_e6?, g.lon_e6?))),
+            country: e.country.clone(),
+            ip: e.ip().map(Text::from),
+            location: e.lat_e6.zip(e.lon_e6),
             billing_country: e.billing_country.clone(),
         })
     }

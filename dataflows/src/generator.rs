@@ -1882,7 +1882,7 @@ mod tests {
         assert_eq!(counts.len(), 1, "only accepted records: {counts:?}");
         for (g, event) in parts.iter().flatten() {
             let event = event.as_ref().expect("valid");
-            assert!(event.retracts.is_none());
+            assert!(event.retracts().is_none());
             assert!(event.event_ts <= g.ingest_ms as i64);
             if event.event_type != EventType::Refund {
                 assert_eq!(event.event_ts, g.ingest_ms as i64, "a clean event is on time");
@@ -1936,7 +1936,7 @@ mod tests {
         let mut corrections = 0usize;
         for (g, event) in parts.iter().flatten() {
             if let (Expected::Accepted, Some(e)) = (g.expected, event) {
-                if e.retracts.is_none() && e.event_type != EventType::Refund {
+                if e.retracts().is_none() && e.event_type != EventType::Refund {
                     assert!(g.ingest_ms as i64 - e.event_ts <= config.late_max_ms as i64 + 1000);
                     if e.event_ts < cutoff {
                         session_events += 1;
@@ -1945,7 +1945,7 @@ mod tests {
                 }
                 // A correction keeps the time of the event it corrects; a retraction is
                 // dated at most 10 minutes after it.
-                if e.retracts.is_some() && e.event_ts < cutoff - 10 * MINUTE_MS {
+                if e.retracts().is_some() && e.event_ts < cutoff - 10 * MINUTE_MS {
                     corrections += 1;
                 }
             }
@@ -1972,10 +1972,10 @@ mod tests {
                 match g.expected {
                     Expected::Accepted => {
                         let e = decode_one(&config, &g).expect("accepted");
-                        assert!(ids.insert(e.event_id.clone()), "event_id {} twice", e.event_id);
-                        if let Some(old) = &e.retracts {
-                            let original = earlier.get(old).unwrap_or_else(|| panic!("{} retracts an unknown id {old}", e.event_id));
-                            assert_eq!(original.user_id, e.user_id);
+                        assert!(ids.insert(e.event_id().to_owned()), "event_id {} twice", e.event_id());
+                        if let Some(old) = e.retracts() {
+                            let original = earlier.get(old).unwrap_or_else(|| panic!("{} retracts an unknown id {old}", e.event_id()));
+                            assert_eq!(original.user_id(), e.user_id());
                             if e.event_type == EventType::Retraction {
                                 retractions += 1;
                             } else {
@@ -1985,7 +1985,7 @@ mod tests {
                                 assert_ne!(e.price_cents, original.price_cents);
                             }
                         }
-                        earlier.insert(e.event_id.clone(), e);
+                        earlier.insert(crate::event::Text::from(e.event_id()), e);
                         earlier_bytes.insert(g.record.bytes.clone());
                     }
                     Expected::Duplicate => {
@@ -2013,16 +2013,15 @@ mod tests {
             match e.event_type {
                 EventType::Refund => continue,
                 EventType::Payment => {
-                    assert!(e.card_id.is_some() && e.ip.is_some() && e.device.is_some());
-                    let geo = e.geo.as_ref().expect("geo");
-                    assert!(geo.country.is_some() && geo.lat_e6.is_some() && geo.lon_e6.is_some());
-                    payments.insert(e.order_id.as_deref().expect("order"), e.price_cents.expect("amount"));
+                    assert!(e.card_id().is_some() && e.ip().is_some() && (e.device_os.is_some() || e.device_id().is_some()));
+                    assert!(e.country.is_some() && e.lat_e6.is_some() && e.lon_e6.is_some());
+                    payments.insert(e.order_id().expect("order"), e.price_cents.expect("amount"));
                 }
-                EventType::Purchase => *order_totals.entry(e.order_id.as_deref().expect("order")).or_default() += e.amount_cents(),
+                EventType::Purchase => *order_totals.entry(e.order_id().expect("order")).or_default() += e.amount_cents(),
                 _ => {}
             }
-            by_session.entry(e.session_id.as_deref().expect("session id")).or_default().push(e);
-            by_user.entry(&e.user_id).or_default().push(e);
+            by_session.entry(e.session_id().expect("session id")).or_default().push(e);
+            by_user.entry(e.user_id()).or_default().push(e);
         }
         for (order, amount) in &payments {
             assert_eq!(order_totals.get(order), Some(amount), "payment of {order}");
@@ -2046,7 +2045,7 @@ mod tests {
         let mut returns = 0;
         for user_events in by_user.values() {
             for pair in user_events.windows(2) {
-                if pair[0].session_id != pair[1].session_id {
+                if pair[0].session_id() != pair[1].session_id() {
                     returns += 1;
                     assert!(pair[1].event_ts - pair[0].event_ts > 30 * MINUTE_MS, "a user came back too soon");
                 }
@@ -2069,28 +2068,25 @@ mod tests {
             };
             let Some(pattern) = g.fraud else {
                 if e.event_type == EventType::Payment && g.expected == Expected::Accepted {
-                    let country = e.geo.as_ref().and_then(|g| g.country.clone());
+                    let country = e.country.clone();
                     honest_abroad += usize::from(country != e.billing_country);
-                    honest_payments.entry(e.card_id.clone().expect("card")).or_default().push(e);
+                    honest_payments.entry(Arc::from(e.card_id().expect("card"))).or_default().push(e);
                 }
                 continue;
             };
             assert_eq!(g.expected, Expected::Accepted);
             assert_eq!(e.event_type, EventType::Payment);
-            assert!(e.card_id.is_some() && e.billing_country.is_some() && e.ip.is_some(), "{e:?}");
-            let geo = e.geo.as_ref().expect("geo");
-            assert!(geo.lat_e6.is_some() && e.device.as_ref().and_then(|d| d.device_id.as_ref()).is_some());
+            assert!(e.card_id().is_some() && e.billing_country.is_some() && e.ip().is_some(), "{e:?}");
+            assert!(e.lat_e6.is_some() && e.device_id().is_some());
             labelled.entry(pattern).or_default().push(e);
         }
         // The victim paid 2 to 60 minutes before an impossible travel payment, at least
         // 3,000 km (less the few km of jitter around a city) away. (The victim's payment
         // may have been delivered late, so this is checked once all are read.)
         for e in &labelled[&FraudPattern::ImpossibleTravel] {
-            let here = e.geo.as_ref().expect("geo");
-            let before = honest_payments.get(e.card_id.as_ref().expect("card")).map_or(&[][..], Vec::as_slice);
+            let before = honest_payments.get(e.card_id().expect("card")).map_or(&[][..], Vec::as_slice);
             let victim = before.iter().find(|p| {
-                let there = p.geo.as_ref().expect("geo");
-                let km = crate::fraud::haversine_km((there.lat_e6.unwrap(), there.lon_e6.unwrap()), (here.lat_e6.unwrap(), here.lon_e6.unwrap()));
+                let km = crate::fraud::haversine_km((p.lat_e6.unwrap(), p.lon_e6.unwrap()), (e.lat_e6.unwrap(), e.lon_e6.unwrap()));
                 (2 * MINUTE_MS..=HOUR_MS).contains(&(e.event_ts - p.event_ts)) && km > 2_950.0
             });
             assert!(victim.is_some(), "no payment of the victim 2-60 min before {e:?}");
@@ -2123,7 +2119,7 @@ mod tests {
         let window = &records[190_000..192_000];
         let users: HashSet<_> = window
             .iter()
-            .map(|g| decode_one(&GeneratorConfig::clean(), g).expect("clean").user_id)
+            .map(|g| decode_one(&GeneratorConfig::clean(), g).expect("clean").user_id().to_owned())
             .collect();
         assert!(users.len() > 1_000, "{} distinct users in 2000 records", users.len());
     }

@@ -57,11 +57,11 @@ impl Reference {
         let mut out = Vec::new();
         for arrival in self.arrivals.iter().take_while(|(ingest, _, _)| *ingest <= t) {
             let (ingest, _, event) = arrival;
-            if live.get(&*event.event_id).is_some_and(|expiry| ingest < expiry) {
+            if live.get(event.event_id()).is_some_and(|expiry| ingest < expiry) {
                 out.push((arrival, None));
             } else {
                 let expiry = self.config.expiry(event.event_ts).max(ingest + 1);
-                live.insert(&event.event_id, expiry);
+                live.insert(event.event_id(), expiry);
                 out.push((arrival, Some(expiry)));
             }
         }
@@ -207,7 +207,7 @@ impl Reference {
                     EventType::Purchase => {
                         k.purchases += 1;
                         k.revenue_cents += amount;
-                        orders.insert(e.order_id.as_deref().unwrap_or(&e.event_id));
+                        orders.insert(e.order_id().unwrap_or(e.event_id()));
                     }
                     EventType::Refund => {
                         k.refunds += 1;
@@ -304,8 +304,8 @@ fn removed_by_cancellations(kept: &[(Time, u64, &Event, Time)]) -> Vec<bool> {
     let n = kept.len();
     let mut target: Vec<Option<usize>> = vec![None; n];
     for (c, (ingest, _, event, expiry)) in kept.iter().enumerate() {
-        let Some(y) = event.retracts.as_deref() else { continue };
-        let of_y = || kept.iter().enumerate().filter(|(_, (_, _, e, _))| &*e.event_id == y);
+        let Some(y) = event.retracts() else { continue };
+        let of_y = || kept.iter().enumerate().filter(|(_, (_, _, e, _))| e.event_id() == y);
         let live = of_y().find(|(_, (i, _, _, x))| i <= ingest && ingest < x).map(|(k, _)| k);
         let later = || of_y().filter(|(_, (i, _, _, _))| ingest < i && i < expiry).min_by_key(|(_, (i, p, _, _))| (*i, *p)).map(|(k, _)| k);
         target[c] = live.or_else(later);
@@ -317,7 +317,7 @@ fn removed_by_cancellations(kept: &[(Time, u64, &Event, Time)]) -> Vec<bool> {
         let mut at = target[start];
         while let Some(k) = at {
             if k == start {
-                let latest = *path.iter().max_by_key(|m| (kept[**m].0, kept[**m].1, &kept[**m].2.event_id)).expect("not empty");
+                let latest = *path.iter().max_by_key(|m| (kept[**m].0, kept[**m].1, kept[**m].2.event_id())).expect("not empty");
                 void[latest] = true;
                 break;
             }
@@ -354,15 +354,15 @@ fn rfm_rows(valid: &[&Event], config: &ClvConfig) -> Vec<RfmRow> {
     // (customer, order) -> (first purchase time, purchased, refunded)
     let mut orders: BTreeMap<(&str, &str), (Option<i64>, i64, i64)> = BTreeMap::new();
     for e in valid {
-        let order = e.order_id.as_deref().unwrap_or(&e.event_id);
+        let order = e.order_id().unwrap_or(e.event_id());
         let amount = e.price_cents.unwrap_or(0) * i64::from(e.quantity);
         match e.event_type {
             EventType::Purchase => {
-                let o = orders.entry((&e.user_id, order)).or_insert((None, 0, 0));
+                let o = orders.entry((e.user_id(), order)).or_insert((None, 0, 0));
                 o.0 = Some(o.0.map_or(e.event_ts, |t: i64| t.min(e.event_ts)));
                 o.1 += amount;
             }
-            EventType::Refund => orders.entry((&e.user_id, order)).or_insert((None, 0, 0)).2 += amount,
+            EventType::Refund => orders.entry((e.user_id(), order)).or_insert((None, 0, 0)).2 += amount,
             _ => {}
         }
     }
@@ -417,30 +417,30 @@ fn rfm_rows(valid: &[&Event], config: &ClvConfig) -> Vec<RfmRow> {
 /// `fraud_features` of the valid events, each payment compared with every other payment
 /// of its card.
 fn fraud_features(valid: &[&Event]) -> Vec<FraudFeatures> {
-    let payments: Vec<&Event> = valid.iter().copied().filter(|e| e.event_type == EventType::Payment && e.card_id.is_some()).collect();
-    let device = |e: &Event| e.device.as_ref().and_then(|d| d.device_id.clone().or_else(|| d.os.clone()));
-    let location = |e: &Event| e.geo.as_ref().and_then(|g| Some((g.lat_e6?, g.lon_e6?)));
+    let payments: Vec<&Event> = valid.iter().copied().filter(|e| e.event_type == EventType::Payment && e.card_id().is_some()).collect();
+    let device = |e: &Event| e.device_id().map(Text::from).or_else(|| e.device_os.clone());
+    let location = |e: &Event| e.lat_e6.zip(e.lon_e6);
     let amount = |e: &Event| e.price_cents.unwrap_or(0) * i64::from(e.quantity);
     let mut out = Vec::new();
     for p in &payments {
-        let before = |q: &&&Event| q.card_id == p.card_id && (q.event_ts, &q.event_id) < (p.event_ts, &p.event_id);
+        let before = |q: &&&Event| q.card_id() == p.card_id() && (q.event_ts, q.event_id()) < (p.event_ts, p.event_id());
         let earlier: Vec<&Event> = payments.iter().filter(before).copied().collect();
         let within = |w: i64| earlier.iter().filter(move |q| q.event_ts > p.event_ts - w);
         let day: Vec<&Event> = earlier.iter().copied().chain([*p]).filter(|q| q.event_ts > p.event_ts - 86_400_000).collect();
         let distinct = |f: &dyn Fn(&Event) -> Option<Text>| day.iter().filter_map(|q| f(q)).collect::<BTreeSet<_>>().len() as u32;
-        let previous = earlier.iter().max_by(|a, b| (a.event_ts, &a.event_id).cmp(&(b.event_ts, &b.event_id)));
+        let previous = earlier.iter().max_by(|a, b| (a.event_ts, a.event_id()).cmp(&(b.event_ts, b.event_id())));
         out.push(FraudFeatures {
-            card_id: p.card_id.clone().expect("payments with cards"),
+            card_id: p.card_id().map(Text::from).expect("payments with cards"),
             event_ts: p.event_ts,
-            payment_id: p.event_id.clone(),
-            user_id: p.user_id.clone(),
+            payment_id: Text::from(p.event_id()),
+            user_id: Text::from(p.user_id()),
             amount_cents: amount(p),
             counts: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).count() as u32),
             sums_cents: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).map(|q| amount(q)).sum()),
             distinct_24h: [
-                distinct(&|q| q.geo.as_ref().and_then(|g| g.country.clone())),
+                distinct(&|q| q.country.clone()),
                 distinct(&|q| device(q)),
-                distinct(&|q| q.ip.clone()),
+                distinct(&|q| q.ip().map(Text::from)),
             ],
             prior_count: earlier.len() as u64,
             prior_sum_cents: earlier.iter().map(|q| amount(q)).sum(),
@@ -448,8 +448,8 @@ fn fraud_features(valid: &[&Event]) -> Vec<FraudFeatures> {
             since_prev_ms: previous.map(|q| p.event_ts - q.event_ts),
             travel: previous.and_then(|q| Some((location(q)?, location(p)?))),
             new_device: !earlier.is_empty() && device(p).is_some_and(|d| earlier.iter().all(|q| device(q) != Some(d.clone()))),
-            new_country: !earlier.is_empty() && p.country().is_some_and(|c| earlier.iter().all(|q| q.country() != Some(c))),
-            country_mismatch: matches!((p.billing_country.as_deref(), p.country()), (Some(b), Some(c)) if b != c),
+            new_country: !earlier.is_empty() && p.country.as_deref().is_some_and(|c| earlier.iter().all(|q| q.country.as_deref() != Some(c))),
+            country_mismatch: matches!((p.billing_country.as_deref(), p.country.as_deref()), (Some(b), Some(c)) if b != c),
         });
     }
     out
@@ -460,11 +460,11 @@ fn sessions(valid: &[&Event]) -> Vec<SessionRow> {
     // (user, Some(session_id)) groups shop sessions; (user, None) collects the rest.
     let mut groups: BTreeMap<(&str, Option<&str>), Vec<&Event>> = BTreeMap::new();
     for e in valid {
-        groups.entry((&e.user_id, e.session_id.as_deref())).or_default().push(e);
+        groups.entry((e.user_id(), e.session_id())).or_default().push(e);
     }
     let mut out = Vec::new();
     for ((user, session_id), mut events) in groups {
-        events.sort_by(|a, b| (a.event_ts, a.event_type, &a.event_id).cmp(&(b.event_ts, b.event_type, &b.event_id)));
+        events.sort_by(|a, b| (a.event_ts, a.event_type, a.event_id()).cmp(&(b.event_ts, b.event_type, b.event_id())));
         match session_id {
             Some(id) => out.push(session_row(user, id.to_owned(), false, &events)),
             None => {
@@ -516,18 +516,18 @@ fn session_row(user: &str, session_id: String, derived: bool, events: &[&Event])
         products_viewed: events
             .iter()
             .filter(|e| e.event_type == EventType::ProductView)
-            .filter_map(|e| e.product_id.as_deref())
+            .filter_map(|e| e.product_id())
             .collect::<BTreeSet<_>>()
             .len() as u64,
         cart_adds: count(EventType::AddToCart),
         checkouts: count(EventType::Checkout),
         purchases: purchases.len() as u64,
-        orders: purchases.iter().map(|e| e.order_id.as_deref().unwrap_or(&e.event_id)).collect::<BTreeSet<_>>().len() as u64,
+        orders: purchases.iter().map(|e| e.order_id().unwrap_or(e.event_id())).collect::<BTreeSet<_>>().len() as u64,
         revenue_cents: purchases.iter().map(|e| e.price_cents.unwrap_or(0) * i64::from(e.quantity)).sum(),
         funnel_step: reached,
-        country: first_of(&|e| e.geo.as_ref().and_then(|g| g.country.clone())),
-        device: first_of(&|e| e.device.as_ref().and_then(|d| d.os.clone())),
-        utm_source: first_of(&|e| e.utm.as_ref().and_then(|u| u.source.clone())),
+        country: first_of(&|e| e.country.clone()),
+        device: first_of(&|e| e.device_os.clone()),
+        utm_source: first_of(&|e| e.utm_source.clone()),
         category: first_of(&|e| e.category.clone()),
     }
 }

@@ -152,7 +152,7 @@ impl From<&Arc<Event>> for SessionEvent {
 ///
 /// `events` must be sorted as differential presents reduce inputs (see [`sessionize`]).
 pub fn sessionize_users(events: &[&SessionEvent]) -> Vec<SessionRow> {
-    group_by_id(events.iter().copied(), |e| &e.event.user_id).into_iter().flat_map(|events| sessionize(&events)).collect()
+    group_by_id(events.iter().copied(), |e| e.event.user_id()).into_iter().flat_map(|events| sessionize(&events)).collect()
 }
 
 /// The values under one arrangement key (a [`key_of`] hash), grouped by the real id each
@@ -175,16 +175,20 @@ pub fn sessionize(events: &[&SessionEvent]) -> Vec<SessionRow> {
     sessionize_reusing(events, &[])
 }
 
-/// [`sessionize`], naming a derived session that starts where one of `earlier` (the
-/// user's sessions before a change) started with that one's name, which is the same
-/// text (`derived:<start ms>`), instead of writing it anew.
+/// [`sessionize`], taking the texts of a row from `earlier` (the user's sessions before
+/// a change) where one holds them: the user id, a shop session's id, and the name of a
+/// derived session that starts where one of `earlier` started (`derived:<start ms>`).
+/// Events pack their ids, so a row's texts are otherwise made anew.
 pub fn sessionize_reusing(events: &[&SessionEvent], earlier: &[&SessionRow]) -> Vec<SessionRow> {
     let Some(first) = events.first() else { return Vec::new() };
-    let user = &first.event.user_id;
-    let mut given: Vec<(&Text, Vec<&SessionEvent>)> = Vec::new();
+    let user = match earlier.first() {
+        Some(s) if *s.user_id == *first.event.user_id() => s.user_id.clone(),
+        _ => Text::from(first.event.user_id()),
+    };
+    let mut given: Vec<(&str, Vec<&SessionEvent>)> = Vec::new();
     let mut derived: Vec<Vec<&SessionEvent>> = Vec::new();
     for &e in events {
-        match &e.event.session_id {
+        match e.event.session_id() {
             Some(id) => match given.iter_mut().find(|(g, _)| *g == id) {
                 Some((_, group)) => group.push(e),
                 None => given.push((id, vec![e])),
@@ -195,12 +199,16 @@ pub fn sessionize_reusing(events: &[&SessionEvent], earlier: &[&SessionRow]) -> 
             },
         }
     }
-    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(user, id.clone(), false, &group)).collect();
+    let given_id = |id: &str| match earlier.iter().find(|s| !s.derived && *s.session_id == *id) {
+        Some(s) => s.session_id.clone(),
+        None => Text::from(id),
+    };
+    let mut rows: Vec<SessionRow> = given.into_iter().map(|(id, group)| summarize(&user, given_id(id), false, &group)).collect();
     let name = |start: Millis| match earlier.iter().find(|s| s.derived && s.start_ts == start) {
         Some(s) => s.session_id.clone(),
         None => Text::from(format!("derived:{start}")),
     };
-    rows.extend(derived.into_iter().map(|group| summarize(user, name(group[0].event_ts), true, &group)));
+    rows.extend(derived.into_iter().map(|group| summarize(&user, name(group[0].event_ts), true, &group)));
     rows
 }
 
@@ -222,9 +230,9 @@ fn summarize(user_id: &Text, session_id: Text, derived: bool, events: &[&Session
         orders: 0,
         revenue_cents: 0,
         funnel_step: 0,
-        country: first(|e| e.geo.as_ref()?.country.as_ref()),
-        device: first(|e| e.device.as_ref()?.os.as_ref()),
-        utm_source: first(|e| e.utm.as_ref()?.source.as_ref()),
+        country: first(|e| e.country.as_ref()),
+        device: first(|e| e.device_os.as_ref()),
+        utm_source: first(|e| e.utm_source.as_ref()),
         category: first(|e| e.category.as_ref()),
     };
     let mut products = BTreeSet::new();
@@ -234,7 +242,7 @@ fn summarize(user_id: &Text, session_id: Text, derived: bool, events: &[&Session
             EventType::PageView => row.page_views += 1,
             EventType::ProductView => {
                 row.product_views += 1;
-                products.extend(e.event.product_id.as_deref());
+                products.extend(e.event.product_id());
             }
             EventType::AddToCart => row.cart_adds += 1,
             EventType::Checkout => row.checkouts += 1,
@@ -610,11 +618,10 @@ pub type OrderInWindow = (Granularity, Millis, String);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
+    use crate::event::NewEvent;
 
     fn ev(user: &str, id: &str, ts: Millis, t: EventType, session: Option<&str>) -> SessionEvent {
-        let mut e = Event::new(id, t, ts, user);
-        e.session_id = session.map(Text::from);
+        let e = NewEvent { event_id: id, user_id: user, session_id: session, ..NewEvent::default() }.build(t, ts);
         SessionEvent::from(&Arc::new(e))
     }
 
@@ -633,7 +640,7 @@ mod tests {
         let mut together = sessionize_users(&refs);
         let mut apart: Vec<SessionRow> = ["a", "b"]
             .iter()
-            .flat_map(|u| sessionize(&refs.iter().copied().filter(|e| &*e.event.user_id == *u).collect::<Vec<_>>()))
+            .flat_map(|u| sessionize(&refs.iter().copied().filter(|e| e.event.user_id() == *u).collect::<Vec<_>>()))
             .collect();
         together.sort();
         apart.sort();

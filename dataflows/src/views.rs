@@ -479,7 +479,7 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
     // targets by id, and one resolver works out which kept deliveries they remove.
     let cfg = config.clone();
     // Every canceller is announced to its target's id before its own fate is known.
-    let announced = deliveries.clone().flat_map(|(d, t, r)| d.event.retracts.clone().map(|target| ((target, d), t, r)));
+    let announced = deliveries.clone().flat_map(|(d, t, r)| d.event.retracts().is_some().then_some((d, t, r)));
     let (kept, others): (Updates<'scope, Delivery>, Updates<'scope, Result<Reject, Bind>>) =
         deliveries.dedup(announced, move |t| cfg.reject_expiry(t)).ok_err(|(decision, time, diff)| match decision {
             Decision::Kept(d) => Ok((d, time, diff)),
@@ -490,7 +490,7 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
         Ok(r) => Ok((r, time, diff)),
         Err(b) => Err((b, time, diff)),
     });
-    let kept_cancellers = kept.clone().flat_map(|(d, t, r)| (r > 0 && d.event.retracts.is_some()).then_some((d, t, r)));
+    let kept_cancellers = kept.clone().flat_map(|(d, t, r)| (r > 0 && d.event.retracts().is_some()).then_some((d, t, r)));
     let corrections = resolve(binds, kept_cancellers);
     let valid = kept.flat_map(|(d, t, r)| (d.event.event_type != EventType::Retraction).then(|| (d.event, t, r))).concat(corrections);
     let events = hold_future(valid, "Expire: events after retention").as_collection();

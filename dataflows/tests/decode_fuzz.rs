@@ -15,7 +15,7 @@ fn check(format: Format, bytes: Vec<u8>, ingest: u64) {
     let record = RawRecord { format, position: 9, bytes: bytes.clone() };
     match decode(&record, ingest, &DecodeConfig::default()) {
         Ok(event) => {
-            assert!(!event.event_id.is_empty() && !event.user_id.is_empty());
+            assert!(!event.event_id().is_empty() && !event.user_id().is_empty());
             assert!(event.price_cents.unwrap_or(0) >= 0);
             assert!(event.quantity >= 1);
         }

@@ -145,7 +145,7 @@ impl Txn {
             _ => return None,
         };
         Some(Txn {
-            user_id: e.user_id.clone(),
+            user_id: Text::from(e.user_id()),
             order: Text::from(e.order_key()),
             event_ts: e.event_ts,
             amount_cents: sign * e.amount_cents(),

@@ -51,8 +51,8 @@ pub struct Bind {
     pub target: Delivery,
 }
 
-/// A canceller announced to its target's id.
-pub type Announcement = (Text, Delivery);
+/// A canceller, announced to the worker of its target's id (its event's `retracts`).
+pub type Announcement = Delivery;
 
 type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
 
@@ -60,7 +60,7 @@ type Updates<'scope, D> = Stream<'scope, Time, Vec<(D, Time, isize)>>;
 type NodeKey = (Text, Time, u64);
 
 fn node_key(d: &Delivery) -> NodeKey {
-    (d.event.event_id.clone(), d.ingest, d.position)
+    (Text::from(d.event.event_id()), d.ingest, d.position)
 }
 
 /// A delivery in the resolver's graph.

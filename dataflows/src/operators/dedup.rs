@@ -23,7 +23,8 @@
 //! - [`Decision::Bound`]: `+1` at the time a canceller and its target meet.
 //!
 //! State: per id, its live kept delivery and the cancellers waiting for one (by the real
-//! id: ids that share a hash are never merged), each forgotten once it has expired.
+//! id: ids that share a hash are never merged), each forgotten once it has expired. A
+//! kept delivery is found by its event's own id, which it holds: no copy of the id.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -57,7 +58,9 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,30 @@ pub struct Delivery {
     pub event: Arc<Event>,
 }
 
+/// A kept delivery in dedup's state, found by its event's id (equal and hashed as the
+/// id alone, so that a set of them is a map from ids).
+struct ById(Delivery);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.event.event_id() == other.0.event.event_id()
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.event.event_id().hash(state)
+    }
+}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.event.event_id()
+    }
+}
+
 /// What dedup says of a delivery, or of a canceller and its target.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Decision {
@@ -109,17 +136,18 @@ pub trait Dedup<'scope> {
 
 impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
     fn dedup(self, announced: Updates<'scope, Announcement>, reject_expiry: impl Fn(Time) -> Time + 'static) -> Updates<'scope, Decision> {
-        let by_id = Exchange::new(|(d, _, _): &(Delivery, Time, isize)| key_of(&d.event.event_id));
-        let by_target = Exchange::new(|((target, _), _, _): &(Announcement, Time, isize)| key_of(target));
+        let by_id = Exchange::new(|(d, _, _): &(Delivery, Time, isize)| key_of(d.event.event_id()));
+        let by_target = Exchange::new(|(canceller, _, _): &(Announcement, Time, isize)| key_of(canceller.event.retracts().unwrap_or_default()));
         let name = "Dedup: deliveries by event_id, at arrival, and cancellers bound";
         self.binary_frontier::<_, CapacityContainerBuilder<Vec<(Decision, Time, isize)>>, _, _, _, _>(announced, by_id, by_target, name, move |_, _| {
             let mut deliveries: Pending<(Delivery, isize)> = Pending::default();
             let mut announcements: Pending<Announcement> = Pending::default();
-            // Per id: its live kept delivery, and cancellers waiting for one; the ids by
-            // the expiry of either.
-            let mut kept: HashMap<Text, Delivery> = HashMap::default();
+            // Per id: its live kept delivery, and cancellers waiting for one; the kept
+            // events and the waited-for ids by the expiry of each.
+            let mut kept: HashSet<ById> = HashSet::default();
             let mut waiting: HashMap<Text, Vec<Delivery>> = HashMap::default();
-            let mut by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
+            let mut kept_by_expiry: BTreeMap<Time, Vec<Arc<Event>>> = BTreeMap::new();
+            let mut waiting_by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
             move |(input, frontier), (announced, announced_frontier), output| {
                 input.for_each(|cap, data| {
                     for (d, t, r) in data.drain(..) {
@@ -141,14 +169,21 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                 while let Some((cap, time, mut arrived, mut cancellers)) = pop_ready_pair(&mut deliveries, &mut announcements, complete) {
                     first.get_or_insert(cap);
                     // Forget kept deliveries and waiting cancellers that have expired by now.
-                    while let Some(entry) = by_expiry.first_entry() {
+                    while let Some(entry) = kept_by_expiry.first_entry() {
+                        if *entry.key() > time {
+                            break;
+                        }
+                        for event in entry.remove() {
+                            if kept.get(event.event_id()).is_some_and(|k| k.0.expiry <= time) {
+                                kept.remove(event.event_id());
+                            }
+                        }
+                    }
+                    while let Some(entry) = waiting_by_expiry.first_entry() {
                         if *entry.key() > time {
                             break;
                         }
                         for id in entry.remove() {
-                            if kept.get(&id).is_some_and(|d| d.expiry <= time) {
-                                kept.remove(&id);
-                            }
                             if let Some(w) = waiting.get_mut(&id) {
                                 w.retain(|c| c.expiry > time);
                                 if w.is_empty() {
@@ -167,18 +202,18 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                         if copies <= 0 {
                             continue;
                         }
-                        let id = &d.event.event_id;
+                        let id = d.event.event_id();
                         let mut duplicates = copies;
-                        if kept.get(id).is_none_or(|k| k.expiry <= time) {
+                        if kept.get(id).is_none_or(|k| k.0.expiry <= time) {
                             // Kept: cancellers waiting for it are bound to it now.
                             if let Some(w) = waiting.remove(id) {
                                 out.extend(w.into_iter().filter(|c| c.expiry > time).map(|canceller| (Decision::Bound(Bind { canceller, target: d.clone() }), time, 1)));
                             }
-                            by_expiry.entry(d.expiry).or_default().push(id.clone());
+                            kept_by_expiry.entry(d.expiry).or_default().push(d.event.clone());
                             out.push((Decision::Kept(d.clone()), d.expiry, -1));
                             out.push((Decision::Kept(d.clone()), time, 1));
                             duplicates -= 1;
-                            kept.insert(id.clone(), d.clone());
+                            kept.replace(ById(d.clone()));
                         }
                         if duplicates > 0 {
                             let reject = duplicate_reject(d.ingest, d.position, &d.event);
@@ -188,12 +223,14 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                         }
                     }
                     // Then the cancellers of this time, in arrival order.
-                    cancellers.sort_by(|(_, a), (_, b)| (a.ingest, a.position, &a.event).cmp(&(b.ingest, b.position, &b.event)));
-                    for (target, canceller) in cancellers {
-                        match kept.get(&target) {
-                            Some(t) if t.expiry > time => out.push((Decision::Bound(Bind { canceller, target: t.clone() }), time, 1)),
+                    cancellers.sort_by(|a, b| (a.ingest, a.position, &a.event).cmp(&(b.ingest, b.position, &b.event)));
+                    for canceller in cancellers {
+                        let target = canceller.event.retracts().unwrap_or_default();
+                        match kept.get(target) {
+                            Some(t) if t.0.expiry > time => out.push((Decision::Bound(Bind { canceller, target: t.0.clone() }), time, 1)),
                             _ => {
-                                by_expiry.entry(canceller.expiry).or_default().push(target.clone());
+                                let target = Text::from(target);
+                                waiting_by_expiry.entry(canceller.expiry).or_default().push(target.clone());
                                 waiting.entry(target).or_default().push(canceller);
                             }
                         }

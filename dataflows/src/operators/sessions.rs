@@ -63,9 +63,9 @@ struct User {
     events: Vec<(SessionEvent, isize)>,
     /// Sorted; each row shared with the `sessions` arrangement.
     sessions: Vec<Arc<SessionRow>>,
-    /// The event times and session ids of the events the time being applied has changed
-    /// (empty between times): what tells which sessions to split again.
-    changed: Vec<(Millis, Option<Text>)>,
+    /// The events the time being applied has changed (empty between times): their event
+    /// times and session ids tell which sessions to split again.
+    changed: Vec<Arc<Event>>,
 }
 
 /// The sessions a time's changes can have changed, before (`old`, the positions of the
@@ -75,9 +75,9 @@ struct User {
 /// derived sessions between them. A derived session farther from every change keeps
 /// its events and the gaps around them, so it is the same before and after; a shop
 /// session depends only on its own events. Both are in session order.
-fn resessionize(user: &User, changed: &[(Millis, Option<Text>)]) -> (Vec<usize>, Vec<SessionRow>) {
-    let ids: Vec<&str> = changed.iter().filter_map(|(_, id)| id.as_deref()).collect();
-    let loose: Vec<Millis> = changed.iter().filter(|(_, id)| id.is_none()).map(|(ts, _)| *ts).collect();
+fn resessionize(user: &User, changed: &[Arc<Event>]) -> (Vec<usize>, Vec<SessionRow>) {
+    let ids: Vec<&str> = changed.iter().filter_map(|e| e.session_id()).collect();
+    let loose: Vec<Millis> = changed.iter().filter(|e| e.session_id().is_none()).map(|e| e.event_ts).collect();
     let near = |s: &SessionRow| loose.iter().any(|t| s.start_ts - SESSION_GAP_MS <= *t && *t <= s.end_ts + SESSION_GAP_MS);
     // The span of event times whose derived sessions are split again.
     let span = loose.iter().map(|t| (*t, *t)).chain(user.sessions.iter().filter(|s| s.derived && near(s)).map(|s| (s.start_ts, s.end_ts))).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
@@ -89,7 +89,7 @@ fn resessionize(user: &User, changed: &[(Millis, Option<Text>)]) -> (Vec<usize>,
     let subset: Vec<&SessionEvent> = user
         .events
         .iter()
-        .filter(|(e, _)| match e.event.session_id.as_deref() {
+        .filter(|(e, _)| match e.event.session_id() {
             Some(id) => ids.contains(&id),
             None => span.is_some_and(|(lo, hi)| lo <= e.event_ts && e.event_ts <= hi),
         })
@@ -103,7 +103,7 @@ fn resessionize(user: &User, changed: &[(Millis, Option<Text>)]) -> (Vec<usize>,
 
 impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, isize)>> {
     fn sessions(self) -> Stream<'scope, Time, Vec<(SessionChange, Time, isize)>> {
-        let pact = Exchange::new(|(e, _, _): &(Arc<Event>, Time, isize)| key_of(&e.user_id));
+        let pact = Exchange::new(|(e, _, _): &(Arc<Event>, Time, isize)| key_of(e.user_id()));
         self.unary_frontier::<CapacityContainerBuilder<Vec<(SessionChange, Time, isize)>>, _, _, _>(pact, "Sessions: by user, with the funnel's changes", |_, _| {
             let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
             let mut users: HashMap<Text, User> = HashMap::default();
@@ -125,21 +125,23 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                     // Apply the time's changes user by user, then sessionize each user
                     // touched (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
-                    let mut touched: Vec<Text> = Vec::new();
+                    // The users touched, each by the first of its changed events.
+                    let mut touched: Vec<Arc<Event>> = Vec::new();
                     for (e, r) in changes {
                         // Looked up by the borrowed id: the id is cloned only for a new user.
-                        let user = match users.get_mut(&*e.user_id) {
+                        let user = match users.get_mut(e.user_id()) {
                             Some(user) => user,
-                            None => users.entry(e.user_id.clone()).or_default(),
+                            None => users.entry(Text::from(e.user_id())).or_default(),
                         };
                         if user.changed.is_empty() {
-                            touched.push(e.user_id.clone());
+                            touched.push(e.clone());
                         }
-                        user.changed.push((e.event_ts, e.session_id.clone()));
+                        user.changed.push(e.clone());
                         apply(&mut user.events, SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e }, r);
                     }
-                    for user_id in touched {
-                        let user = users.get_mut(&user_id).expect("touched users are kept until sessionized");
+                    for event in touched {
+                        let user_id = event.user_id();
+                        let user = users.get_mut(user_id).expect("touched users are kept until sessionized");
                         let changed = std::mem::take(&mut user.changed);
                         let (old, new) = resessionize(user, &changed);
                         let (removed, added) = difference(&user.sessions, &old, &new);
@@ -163,7 +165,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                             user.sessions.insert(at, row);
                         }
                         if user.events.is_empty() {
-                            users.remove(&user_id);
+                            users.remove(user_id);
                         }
                     }
                     out.extend(funnel.drain_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
@@ -375,16 +377,16 @@ mod tests {
     use timely::dataflow::operators::{Inspect, Probe};
 
     use super::*;
-    use crate::event::{EventType, Geo};
+    use crate::event::{EventType, NewEvent};
     use crate::rows::{funnel_keys, sessionize_users};
 
     /// An event of the random histories: few users, ids, times and dimension values, so
     /// that sessions merge, split, share keys and come back.
     fn event(n: u8, user: u8, ts: i64, kind: u8, session: Option<u8>, country: Option<u8>) -> Arc<Event> {
         let types = [EventType::PageView, EventType::ProductView, EventType::AddToCart, EventType::Checkout, EventType::Purchase];
-        let mut e = Event::new(&format!("e{n}"), types[kind as usize % types.len()], ts, &format!("u{user}"));
-        e.session_id = session.map(|s| Text::from(format!("s{s}")));
-        e.geo = country.map(|c| Geo { country: Some(Text::from(["DE", "FR"][c as usize % 2])), city: None, lat_e6: None, lon_e6: None });
+        let (id, user, session) = (format!("e{n}"), format!("u{user}"), session.map(|s| format!("s{s}")));
+        let mut e = NewEvent { event_id: &id, user_id: &user, session_id: session.as_deref(), ..NewEvent::default() }.build(types[kind as usize % types.len()], ts);
+        e.country = country.map(|c| Text::from(["DE", "FR"][c as usize % 2]));
         e.price_cents = (e.event_type == EventType::Purchase).then_some(1000 + i64::from(n));
         Arc::new(e)
     }

@@ -415,11 +415,11 @@ impl State {
             self.counts.expired_events += 1;
             return;
         }
-        if let Some(target) = event.retracts.as_deref() {
+        if let Some(target) = event.retracts() {
             let slot = self.id_slot(target);
             self.id_flags[slot] |= CANCELLED;
         }
-        let slot = self.id_slot(&event.event_id);
+        let slot = self.id_slot(event.event_id());
         if self.id_flags[slot] & DELIVERED != 0 {
             self.counts.duplicates += 1;
             *self.rejects.entry(RejectReason::Duplicate).or_insert(0) += 1;
@@ -437,17 +437,17 @@ impl State {
             id: slot as u32,
             session: NO,
             order: if event.event_type == EventType::Purchase { self.orders.id(event.order_key()) } else { NO },
-            country: self.value(event.country()),
-            device: self.value(event.device_os()),
-            utm: self.value(event.utm_source()),
+            country: self.value(event.country.as_deref()),
+            device: self.value(event.device_os.as_deref()),
+            utm: self.value(event.utm_source.as_deref()),
             category: self.value(event.category.as_deref()),
             event_type: event.event_type,
         };
-        let user = match Short::new(event.user_id.as_bytes()) {
+        let user = match Short::new(event.user_id().as_bytes()) {
             Some(key) => self.users.entry(key).or_default(),
-            None => self.long_users.entry(event.user_id.as_bytes().into()).or_default(),
+            None => self.long_users.entry(event.user_id().as_bytes().into()).or_default(),
         };
-        if let Some(session) = event.session_id.as_deref() {
+        if let Some(session) = event.session_id() {
             ev.session = user.session(session);
         }
         user.events.push(ev);
