@@ -131,20 +131,37 @@ impl Route for crate::decode::RejectReason {
 }
 
 /// An event as sessions see it: ordered by (`event_ts`, `event_type`, then the event,
-/// whose own order starts with its id), which is the order sessions walk events in.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// whose own order starts with its id), which is the order sessions walk events in. It
+/// reads as the event it holds (`e.event_ts`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionEvent {
-    /// Event time (first, so that values sort by time).
-    pub event_ts: Millis,
-    /// Event type (second: at equal times, views sort before carts before purchases).
-    pub event_type: EventType,
     /// The event (shared with the dedup stage).
     pub event: Arc<Event>,
 }
 
+impl std::ops::Deref for SessionEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl PartialOrd for SessionEvent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SessionEvent {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.event_ts, self.event_type, &self.event).cmp(&(other.event_ts, other.event_type, &other.event))
+    }
+}
+
 impl From<&Arc<Event>> for SessionEvent {
     fn from(e: &Arc<Event>) -> Self {
-        SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e.clone() }
+        SessionEvent { event: e.clone() }
     }
 }
 

@@ -63,9 +63,6 @@ struct User {
     events: Vec<(SessionEvent, isize)>,
     /// Sorted; each row shared with the `sessions` arrangement.
     sessions: Vec<Arc<SessionRow>>,
-    /// The events the time being applied has changed (empty between times): their event
-    /// times and session ids tell which sessions to split again.
-    changed: Vec<Arc<Event>>,
 }
 
 /// The sessions a time's changes can have changed, before (`old`, the positions of the
@@ -75,9 +72,9 @@ struct User {
 /// derived sessions between them. A derived session farther from every change keeps
 /// its events and the gaps around them, so it is the same before and after; a shop
 /// session depends only on its own events. Both are in session order.
-fn resessionize(user: &User, changed: &[Arc<Event>]) -> (Vec<usize>, Vec<SessionRow>) {
-    let ids: Vec<&str> = changed.iter().filter_map(|e| e.session_id()).collect();
-    let loose: Vec<Millis> = changed.iter().filter(|e| e.session_id().is_none()).map(|e| e.event_ts).collect();
+fn resessionize(user: &User, changed: &[(Arc<Event>, isize)]) -> (Vec<usize>, Vec<SessionRow>) {
+    let ids: Vec<&str> = changed.iter().filter_map(|(e, _)| e.session_id()).collect();
+    let loose: Vec<Millis> = changed.iter().filter(|(e, _)| e.session_id().is_none()).map(|(e, _)| e.event_ts).collect();
     let near = |s: &SessionRow| loose.iter().any(|t| s.start_ts - SESSION_GAP_MS <= *t && *t <= s.end_ts + SESSION_GAP_MS);
     // The span of event times whose derived sessions are split again.
     let span = loose.iter().map(|t| (*t, *t)).chain(user.sessions.iter().filter(|s| s.derived && near(s)).map(|s| (s.start_ts, s.end_ts))).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
@@ -120,30 +117,24 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                 // message at the earliest one's capability (each update carries its time).
                 let mut first = None;
                 let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
-                while let Some((cap, time, changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
+                while let Some((cap, time, mut changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
                     first.get_or_insert(cap);
                     // Apply the time's changes user by user, then sessionize each user
                     // touched (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
-                    // The users touched, each by the first of its changed events.
-                    let mut touched: Vec<Arc<Event>> = Vec::new();
-                    for (e, r) in changes {
-                        // Looked up by the borrowed id: the id is cloned only for a new user.
+                    changes.sort_by(|(a, _), (b, _)| a.user_id().cmp(b.user_id()));
+                    for (e, r) in &changes {
+                        // Looked up by the borrowed id: the id is copied only for a new user.
                         let user = match users.get_mut(e.user_id()) {
                             Some(user) => user,
                             None => users.entry(Text::from(e.user_id())).or_default(),
                         };
-                        if user.changed.is_empty() {
-                            touched.push(e.clone());
-                        }
-                        user.changed.push(e.clone());
-                        apply(&mut user.events, SessionEvent { event_ts: e.event_ts, event_type: e.event_type, event: e }, r);
+                        apply(&mut user.events, SessionEvent::from(e), *r);
                     }
-                    for event in touched {
-                        let user_id = event.user_id();
+                    for changed in changes.chunk_by(|(a, _), (b, _)| a.user_id() == b.user_id()) {
+                        let user_id = changed[0].0.user_id();
                         let user = users.get_mut(user_id).expect("touched users are kept until sessionized");
-                        let changed = std::mem::take(&mut user.changed);
-                        let (old, new) = resessionize(user, &changed);
+                        let (old, new) = resessionize(user, changed);
                         let (removed, added) = difference(&user.sessions, &old, &new);
                         {
                             let removed: Vec<&SessionRow> = removed.iter().map(|&i| &*user.sessions[i]).collect();
@@ -180,6 +171,8 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
 }
 
 /// Adds `r` copies of `event` to a user's events, kept sorted and without zero counts.
+/// The room grows by half at a time (most users hold a few events): amortized constant,
+/// with less slack than doubling.
 fn apply(events: &mut Vec<(SessionEvent, isize)>, event: SessionEvent, r: isize) {
     match events.binary_search_by(|(e, _)| e.cmp(&event)) {
         Ok(i) => {
@@ -188,7 +181,12 @@ fn apply(events: &mut Vec<(SessionEvent, isize)>, event: SessionEvent, r: isize)
                 events.remove(i);
             }
         }
-        Err(i) => events.insert(i, (event, r)),
+        Err(i) => {
+            if events.len() == events.capacity() {
+                events.reserve_exact((events.len() / 2).max(1));
+            }
+            events.insert(i, (event, r))
+        }
     }
 }
 
