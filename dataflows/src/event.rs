@@ -93,7 +93,7 @@ impl EventType {
 }
 
 /// The identifiers and free texts of an event, in the order [`Event`] packs them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy)]
 enum Field {
     EventId,
     UserId,
@@ -244,7 +244,7 @@ impl Event {
         NewEvent { event_id, user_id, ..NewEvent::default() }.build(event_type, event_ts)
     }
 
-    /// The event's texts, to build a changed copy with ([`Event::with_texts`]).
+    /// The event's texts.
     pub fn texts(&self) -> NewEvent<'_> {
         NewEvent {
             event_id: self.event_id(),
@@ -257,13 +257,6 @@ impl Event {
             card_id: self.card_id(),
             retracts: self.retracts(),
         }
-    }
-
-    /// This event with the texts `texts` instead of its own (its numbers and dimension
-    /// values kept).
-    pub fn with_texts(&self, texts: NewEvent<'_>) -> Event {
-        let packed = texts.build(self.event_type, self.event_ts);
-        Event { texts: packed.texts, ends: packed.ends, ..self.clone() }
     }
 
     /// A packed text (`""` if absent).
@@ -449,8 +442,7 @@ mod tests {
         let e = texts.build(EventType::Purchase, 5);
         assert_eq!(e.texts(), texts);
         assert_eq!((e.event_id(), e.user_id(), e.session_id(), e.product_id(), e.retracts()), ("e1", "u1", None, Some("p9"), Some("e0")));
-        let changed = e.with_texts(NewEvent { session_id: Some("s1"), ..e.texts() });
-        assert_eq!((changed.session_id(), changed.order_id(), changed.event_ts), (Some("s1"), Some("o1"), 5));
+        assert_eq!((e.order_id(), e.device_id(), e.event_ts, e.event_type), (Some("o1"), Some("d1"), 5, EventType::Purchase));
     }
 
     #[test]

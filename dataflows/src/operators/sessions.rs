@@ -119,21 +119,20 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                 let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
                 while let Some((cap, time, mut changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
                     first.get_or_insert(cap);
-                    // Apply the time's changes user by user, then sessionize each user
-                    // touched (a count may dip below zero between two changes of one time;
+                    // The time's changes user by user: apply all of a user's, then sessionize
+                    // the user (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
                     changes.sort_by(|(a, _), (b, _)| a.user_id().cmp(b.user_id()));
-                    for (e, r) in &changes {
-                        // Looked up by the borrowed id: the id is copied only for a new user.
-                        let user = match users.get_mut(e.user_id()) {
-                            Some(user) => user,
-                            None => users.entry(Text::from(e.user_id())).or_default(),
-                        };
-                        apply(&mut user.events, SessionEvent::from(e), *r);
-                    }
                     for changed in changes.chunk_by(|(a, _), (b, _)| a.user_id() == b.user_id()) {
                         let user_id = changed[0].0.user_id();
-                        let user = users.get_mut(user_id).expect("touched users are kept until sessionized");
+                        // Looked up by the borrowed id: the id is copied only for a new user.
+                        let user = match users.get_mut(user_id) {
+                            Some(user) => user,
+                            None => users.entry(Text::from(user_id)).or_default(),
+                        };
+                        for (e, r) in changed {
+                            apply(&mut user.events, SessionEvent::from(e), *r);
+                        }
                         let (old, new) = resessionize(user, changed);
                         let (removed, added) = difference(&user.sessions, &old, &new);
                         {
