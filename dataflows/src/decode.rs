@@ -16,7 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::event::{Event, EventType, NewEvent, Text};
+use crate::dictionary::{self, Dim, DictionaryFull};
+use crate::event::{Event, EventType, NewEvent};
 use crate::time::{parse_timestamp, Millis, Time};
 
 /// How the bytes of a record are laid out.
@@ -86,13 +87,16 @@ pub enum RejectReason {
     TimestampOutOfRange,
     /// The event is older than the retention horizon at its ingestion time.
     TooLate,
+    /// A dimension value (country, city, category, ...) is new, and the process's
+    /// dictionary of them already holds its limit ([`crate::dictionary`]).
+    TooManyValues,
     /// `event_type` is not one of the known types.
     UnknownEventType,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::Malformed,
         RejectReason::MissingField,
         RejectReason::BadType,
@@ -102,6 +106,7 @@ impl RejectReason {
         RejectReason::Oversized,
         RejectReason::Duplicate,
         RejectReason::TooLate,
+        RejectReason::TooManyValues,
     ];
 
     /// The reason of a name.
@@ -121,6 +126,7 @@ impl RejectReason {
             RejectReason::Oversized => "oversized",
             RejectReason::Duplicate => "duplicate",
             RejectReason::TooLate => "too_late",
+            RejectReason::TooManyValues => "too_many_values",
         }
     }
 }
@@ -266,12 +272,13 @@ pub fn check(format: Format, bytes: &[u8], position: u64, ingest_time: Time, con
     let checked = if bytes.len() > config.max_record_bytes {
         Err(Invalid(RejectReason::Oversized, format!("record has {} bytes, the limit is {}", bytes.len(), config.max_record_bytes)))
     } else {
+        let mut dims = Dimensions::default();
         let parsed = match format {
-            Format::Json => decode_json(bytes, config),
-            Format::Rees46 => decode_rees46(bytes, position, config),
+            Format::Json => decode_json(bytes, config, &mut dims),
+            Format::Rees46 => decode_rees46(bytes, position, config, &mut dims),
             Format::Cdnow => decode_cdnow(bytes, position, config),
         };
-        parsed.and_then(|event| validate(event, ingest_time, config))
+        parsed.and_then(|event| validate(event, dims.full, ingest_time, config))
     };
     checked.map_err(|Invalid(reason, detail)| (reason, detail))
 }
@@ -302,10 +309,12 @@ pub fn peek_event_ts(record: &RawRecord) -> Option<Millis> {
 }
 
 /// The checks after parsing, in the order their reasons win: first what the record
-/// itself holds (the quantity and amount limits, the fields its type needs), then how
-/// its event time lies to its ingestion time (too far ahead, too late). So a record
-/// with a fault of its own gets the same reason whenever it arrives.
-fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Invalid> {
+/// itself holds (the quantity and amount limits, the fields its type needs), then
+/// whether its dimension values fit the process's dictionary (`full`: the detail of the
+/// first that did not), then how its event time lies to its ingestion time (too far
+/// ahead, too late). So a record with a fault of its own gets the same reason whenever
+/// it arrives.
+fn validate(event: Event, full: Option<String>, ingest_time: Time, config: &DecodeConfig) -> Result<Event, Invalid> {
     let ts = event.event_ts;
     if event.quantity == 0 || event.quantity > config.max_quantity {
         return Err(Invalid(RejectReason::BadAmount, format!("quantity {} is not in 1..={}", event.quantity, config.max_quantity)));
@@ -326,6 +335,9 @@ fn validate(event: Event, ingest_time: Time, config: &DecodeConfig) -> Result<Ev
     }
     if event.retracts() == Some(event.event_id()) {
         return Err(Invalid(RejectReason::BadType, "an event cannot retract itself".into()));
+    }
+    if let Some(detail) = full {
+        return Err(Invalid(RejectReason::TooManyValues, detail));
     }
     let ingest = i64::try_from(ingest_time).unwrap_or(i64::MAX);
     if ts > ingest.saturating_add(config.max_future_ms as i64) {
@@ -406,14 +418,14 @@ fn text_of<'a>(raw: Option<&'a str>, field: &str) -> Result<Option<Cow<'a, str>>
 }
 
 /// A text field whose values repeat across events (a country, a category, a UTM source):
-/// as [`text_of`], with equal values sharing one allocation ([`intern`]).
-fn dimension_of(raw: Option<&str>, field: &str) -> Result<Option<Text>, Invalid> {
-    string_of(raw, field, |s| intern(&s))
+/// as [`text_of`], as a code of the process's dictionary.
+fn dimension_of(raw: Option<&str>, field: &str, dims: &mut Dimensions) -> Result<Option<Dim>, Invalid> {
+    Ok(string_of(raw, field, |s| dims.intern(&s, field))?.flatten())
 }
 
-/// A string field made into a [`Text`] by `make`: `None` for an absent, null or empty
+/// A string field made into a value by `make`: `None` for an absent, null or empty
 /// string; `Err` for another JSON type.
-fn string_of<'a, T>(raw: Option<&'a str>, field: &str, make: impl Fn(Cow<'a, str>) -> T) -> Result<Option<T>, Invalid> {
+fn string_of<'a, T>(raw: Option<&'a str>, field: &str, make: impl FnOnce(Cow<'a, str>) -> T) -> Result<Option<T>, Invalid> {
     let Some(raw) = raw else { return Ok(None) };
     match raw {
         "null" => Ok(None),
@@ -432,30 +444,31 @@ fn json_string<'a>(literal: &'a str, field: &str) -> Result<Option<Cow<'a, str>>
     Ok((!s.is_empty()).then_some(s))
 }
 
-/// The most distinct values [`intern`] shares per thread; later ones are allocated each
-/// time, so a field with unbounded values cannot grow the table.
-const INTERNED_PER_THREAD: usize = 65_536;
-
-thread_local! {
-    static INTERNED: std::cell::RefCell<foldhash::HashSet<Text>> = std::cell::RefCell::new(foldhash::HashSet::default());
+/// Interns the dimension values of one record ([`Dim::within_limit`]), and remembers the
+/// first that did not fit: the record is then rejected as `too_many_values`, after its
+/// own faults (see [`validate`]).
+#[derive(Default)]
+struct Dimensions {
+    full: Option<String>,
 }
 
-/// `value` as a [`Text`] shared with every earlier equal value interned on this thread:
-/// what the views copy and compare (funnel keys, session dimensions) then shares one
-/// allocation, and equal values compare by pointer. Only sharing changes: the value is
-/// the same text, in every process.
-pub fn intern(value: &str) -> Text {
-    INTERNED.with(|table| {
-        let mut table = table.borrow_mut();
-        if let Some(text) = table.get(value) {
-            return text.clone();
+impl Dimensions {
+    fn intern(&mut self, value: &str, field: &str) -> Option<Dim> {
+        match Dim::within_limit(value) {
+            Ok(dim) => Some(dim),
+            Err(DictionaryFull) => {
+                self.full.get_or_insert_with(|| {
+                    format!(
+                        "{field} {:?} is a new value, and this process already holds {} distinct dimension values or {} bytes of them",
+                        shorten(value),
+                        dictionary::MAX_VALUES,
+                        dictionary::MAX_BYTES
+                    )
+                });
+                None
+            }
         }
-        let text = Text::from(value);
-        if table.len() < INTERNED_PER_THREAD {
-            table.insert(text.clone());
-        }
-        text
-    })
+    }
 }
 
 /// A number field read from its literal (`None` if absent or null): a number too large
@@ -878,7 +891,7 @@ impl<'a> Scan<'a> {
 /// an RFC 3339 time or lies outside the accepted years (`timestamp_out_of_range`); a
 /// price that cannot be money (`bad_amount`) or a coordinate out of range (`bad_type`);
 /// then [`validate`]'s checks.
-fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
+fn decode_json(bytes: &[u8], config: &DecodeConfig, dims: &mut Dimensions) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|e| Invalid(RejectReason::Malformed, format!("the record is not UTF-8 (byte {})", e.valid_up_to())))?;
     if !text.trim_start().starts_with('{') {
         let start = shorten(text.trim_start());
@@ -900,25 +913,25 @@ fn decode_json(bytes: &[u8], config: &DecodeConfig) -> Result<Event, Invalid> {
     let user_id = id_of(wire.user_id, "user_id")?;
     let session_id = id_of(wire.session_id, "session_id")?;
     let product_id = id_of(wire.product_id, "product_id")?;
-    let category = dimension_of(wire.category, "category")?;
+    let category = dimension_of(wire.category, "category", dims)?;
     let price = number_of(wire.price, "price")?;
-    let currency = dimension_of(wire.currency, "currency")?;
+    let currency = dimension_of(wire.currency, "currency", dims)?;
     let order_id = id_of(wire.order_id, "order_id")?;
     let [utm_source, utm_medium, utm_campaign] = match wire.utm {
         None => [None, None, None],
-        Some([source, medium, campaign]) => [dimension_of(source, "utm.source")?, dimension_of(medium, "utm.medium")?, dimension_of(campaign, "utm.campaign")?],
+        Some([source, medium, campaign]) => [dimension_of(source, "utm.source", dims)?, dimension_of(medium, "utm.medium", dims)?, dimension_of(campaign, "utm.campaign", dims)?],
     };
     let (device_os, mobile, device_id) = match wire.device {
         None => (None, None, None),
-        Some((os, mobile, device_id)) => (dimension_of(os, "device.os")?, mobile, id_of(device_id, "device.device_id")?),
+        Some((os, mobile, device_id)) => (dimension_of(os, "device.os", dims)?, mobile, id_of(device_id, "device.device_id")?),
     };
     let (country, city, lat, lon) = match wire.geo {
         None => (None, None, None, None),
-        Some([country, city, lat, lon]) => (dimension_of(country, "geo.country")?, dimension_of(city, "geo.city")?, number_of(lat, "geo.lat")?, number_of(lon, "geo.lon")?),
+        Some([country, city, lat, lon]) => (dimension_of(country, "geo.country", dims)?, dimension_of(city, "geo.city", dims)?, number_of(lat, "geo.lat")?, number_of(lon, "geo.lon")?),
     };
     let ip = text_of(wire.ip, "ip")?;
     let card_id = id_of(wire.card_id, "card_id")?;
-    let billing_country = dimension_of(wire.billing_country, "billing_country")?;
+    let billing_country = dimension_of(wire.billing_country, "billing_country", dims)?;
     let retracts = id_of(wire.retracts, "retracts")?;
     let event_id = event_id.ok_or_else(|| Invalid::missing("event_id"))?;
     let type_name = type_name.ok_or_else(|| Invalid::missing("event_type"))?;
@@ -958,7 +971,7 @@ pub const REES46_HEADER: &str = "event_time,event_type,product_id,category_id,ca
 
 /// A REES46 row. Event ids are `rees46:<line>`; `view` becomes `product_view`, `cart`
 /// becomes `add_to_cart`; the category is `category_code` (absent when empty).
-fn decode_rees46<'a>(bytes: &'a [u8], position: u64, config: &DecodeConfig) -> Result<Event, Invalid> {
+fn decode_rees46<'a>(bytes: &'a [u8], position: u64, config: &DecodeConfig, dims: &mut Dimensions) -> Result<Event, Invalid> {
     let text = std::str::from_utf8(bytes).map_err(|_| Invalid(RejectReason::Malformed, "row is not UTF-8".into()))?;
     let fields: Vec<&str> = text.trim_end_matches(['\r', '\n']).split(',').collect();
     if fields.len() != 9 {
@@ -984,7 +997,7 @@ fn decode_rees46<'a>(bytes: &'a [u8], position: u64, config: &DecodeConfig) -> R
     let event_id = format!("rees46:{position}");
     let texts = NewEvent { event_id: &event_id, user_id: user, session_id: non_empty(session), product_id: non_empty(product), ..NewEvent::default() };
     let mut event = texts.build(event_type, event_ts);
-    event.category = (!category_code.is_empty()).then(|| intern(category_code));
+    event.category = (!category_code.is_empty()).then(|| dims.intern(category_code, "category_code")).flatten();
     event.price_cents = Some(to_cents(price, "price")?);
     Ok(event)
 }
@@ -1020,7 +1033,7 @@ fn decode_cdnow(bytes: &[u8], position: u64, config: &DecodeConfig) -> Result<Ev
     let user_id = format!("cdnow:{customer}");
     let mut event = NewEvent { event_id: &event_id, user_id: &user_id, order_id: Some(&event_id), ..NewEvent::default() }.build(EventType::Purchase, event_ts);
     event.price_cents = Some(to_cents(dollars, "amount")?);
-    event.currency = Some(intern("USD"));
+    event.currency = Some(Dim::new("USD"));
     Ok(event)
 }
 

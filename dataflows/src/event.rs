@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dictionary::Dim;
 use crate::time::Millis;
 
 /// Text in events and rows: shared, so that copies made by arrangements (on every
@@ -115,7 +116,7 @@ const PACKED: usize = 9;
 /// (ids, IP address, device id, the event a correction retracts), which seldom repeat,
 /// are packed into one allocation and read through methods (`event_id()`, ...); the
 /// dimension values (country, category, UTM tags, ...), which repeat across events, are
-/// shared [`Text`]s (decoding interns them); numbers are fields. An absent text and an
+/// 4-byte codes of the process's dictionary ([`Dim`]); numbers are fields. An absent text and an
 /// empty one are the same (decoding reads an empty string as absent). Build one with
 /// [`Event::new`] and [`NewEvent`].
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,42 +136,27 @@ pub struct Event {
     /// Longitude in micro-degrees.
     pub lon_e6: Option<i32>,
     /// Product category.
-    #[serde(deserialize_with = "interned")]
-    pub category: Option<Text>,
+    pub category: Option<Dim>,
     /// ISO 4217 currency code.
-    #[serde(deserialize_with = "interned")]
-    pub currency: Option<Text>,
+    pub currency: Option<Dim>,
     /// `utm_source`, e.g. `google`.
-    #[serde(deserialize_with = "interned")]
-    pub utm_source: Option<Text>,
+    pub utm_source: Option<Dim>,
     /// `utm_medium`, e.g. `cpc`.
-    #[serde(deserialize_with = "interned")]
-    pub utm_medium: Option<Text>,
+    pub utm_medium: Option<Dim>,
     /// `utm_campaign`.
-    #[serde(deserialize_with = "interned")]
-    pub utm_campaign: Option<Text>,
+    pub utm_campaign: Option<Dim>,
     /// The device's operating system, e.g. `ios`.
-    #[serde(deserialize_with = "interned")]
-    pub device_os: Option<Text>,
+    pub device_os: Option<Dim>,
     /// ISO 3166-1 alpha-2 country code.
-    #[serde(deserialize_with = "interned")]
-    pub country: Option<Text>,
+    pub country: Option<Dim>,
     /// City name.
-    #[serde(deserialize_with = "interned")]
-    pub city: Option<Text>,
+    pub city: Option<Dim>,
     /// The country the card is billed to (ISO 3166-1 alpha-2), for payments.
-    #[serde(deserialize_with = "interned")]
-    pub billing_country: Option<Text>,
+    pub billing_country: Option<Dim>,
     /// The packed texts, one after the other, in [`Field`] order.
     texts: Box<str>,
     /// Where each packed text ends in `texts`.
     ends: [u32; PACKED],
-}
-
-/// A dimension value read back from another process, shared like a decoded one.
-fn interned<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Text>, D::Error> {
-    let value: Option<std::borrow::Cow<'de, str>> = Deserialize::deserialize(deserializer)?;
-    Ok(value.map(|v| crate::decode::intern(&v)))
 }
 
 /// The texts of an event to build: what [`NewEvent::build`] packs. The dimension values
@@ -453,7 +439,7 @@ mod tests {
         assert!(a < b && a < c && c < b);
         let mut d = a.clone();
         assert_eq!(a.cmp(&d), std::cmp::Ordering::Equal);
-        d.country = Some(Text::from("DE"));
+        d.country = Some(Dim::new("DE"));
         assert!(a != d && a.cmp(&d) != std::cmp::Ordering::Equal);
         // Texts that concatenate alike are still told apart.
         let e = NewEvent { event_id: "ab", user_id: "c", ..NewEvent::default() }.build(EventType::PageView, 1);

@@ -25,6 +25,7 @@ use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
+use crate::dictionary::Dim;
 use crate::event::{Event, EventType, Text};
 use crate::rows::{group_by_id, key_of};
 use crate::time::{Millis, Time};
@@ -54,13 +55,13 @@ pub struct Payment {
     /// Device id (or, without one, the operating system).
     pub device: Option<Text>,
     /// Country of the payment's location.
-    pub country: Option<Text>,
+    pub country: Option<Dim>,
     /// Client IP address.
     pub ip: Option<Text>,
     /// Latitude and longitude in micro-degrees.
     pub location: Option<(i32, i32)>,
     /// Country the card is billed to.
-    pub billing_country: Option<Text>,
+    pub billing_country: Option<Dim>,
 }
 
 impl Payment {
@@ -69,7 +70,7 @@ impl Payment {
         if e.event_type != EventType::Payment {
             return None;
         }
-        let device = e.device_id().map(Text::from).or_else(|| e.device_os.clone());
+        let device = e.device_id().or(e.device_os.as_deref()).map(Text::from);
         Some(Payment {
             event_ts: e.event_ts,
             event_id: Text::from(e.event_id()),
@@ -77,10 +78,10 @@ impl Payment {
             user_id: Text::from(e.user_id()),
             amount_cents: e.amount_cents(),
             device,
-            country: e.country.clone(),
+            country: e.country,
             ip: e.ip().map(Text::from),
             location: e.lat_e6.zip(e.lon_e6),
-            billing_country: e.billing_country.clone(),
+            billing_country: e.billing_country,
         })
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod clv;
 pub mod decode;
+pub mod dictionary;
 pub mod event;
 pub mod fraud;
 pub mod generator;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::clv::{ClvConfig, ClvModel, ClvRow, CustomerSummary, ModelInput, RfmRow};
 use crate::decode::{decode, duplicate_reject, RawRecord, Reject, RejectReason};
 use crate::fraud::FraudFeatures;
+use crate::dictionary::Dim;
 use crate::event::{Event, EventType, Text};
 use crate::rows::{Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, SessionRow};
 use crate::time::{Granularity, Time};
@@ -165,17 +166,17 @@ impl Reference {
             for g in Granularity::ALL {
                 for d in Dimension::ALL {
                     let value = match d {
-                        Dimension::All => Some(Text::from("all")),
-                        Dimension::Country => s.country.clone(),
-                        Dimension::Device => s.device.clone(),
-                        Dimension::UtmSource => s.utm_source.clone(),
-                        Dimension::Category => s.category.clone(),
+                        Dimension::All => Some(Dim::new("all")),
+                        Dimension::Country => s.country,
+                        Dimension::Device => s.device,
+                        Dimension::UtmSource => s.utm_source,
+                        Dimension::Category => s.category,
                     };
                     let key = FunnelKey {
                         granularity: g,
                         window_start: s.start_ts - s.start_ts.rem_euclid(g.millis()),
                         dimension: d,
-                        value: value.unwrap_or_else(|| Text::from("(none)")),
+                        value: value.unwrap_or_else(|| Dim::new("(none)")),
                     };
                     let (agg, users) = funnel.entry(key).or_default();
                     agg.sessions += 1;
@@ -418,7 +419,7 @@ fn rfm_rows(valid: &[&Event], config: &ClvConfig) -> Vec<RfmRow> {
 /// of its card.
 fn fraud_features(valid: &[&Event]) -> Vec<FraudFeatures> {
     let payments: Vec<&Event> = valid.iter().copied().filter(|e| e.event_type == EventType::Payment && e.card_id().is_some()).collect();
-    let device = |e: &Event| e.device_id().map(Text::from).or_else(|| e.device_os.clone());
+    let device = |e: &Event| e.device_id().or(e.device_os.as_deref()).map(Text::from);
     let location = |e: &Event| e.lat_e6.zip(e.lon_e6);
     let amount = |e: &Event| e.price_cents.unwrap_or(0) * i64::from(e.quantity);
     let mut out = Vec::new();
@@ -438,7 +439,7 @@ fn fraud_features(valid: &[&Event]) -> Vec<FraudFeatures> {
             counts: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).count() as u32),
             sums_cents: [60_000, 600_000, 3_600_000, 86_400_000].map(|w| within(w).map(|q| amount(q)).sum()),
             distinct_24h: [
-                distinct(&|q| q.country.clone()),
+                distinct(&|q| q.country.map(|c| Text::from(&*c))),
                 distinct(&|q| device(q)),
                 distinct(&|q| q.ip().map(Text::from)),
             ],
@@ -485,7 +486,7 @@ fn sessions(valid: &[&Event]) -> Vec<SessionRow> {
 fn session_row(user: &str, session_id: String, derived: bool, events: &[&Event]) -> SessionRow {
     let count = |t: EventType| events.iter().filter(|e| e.event_type == t).count() as u64;
     let purchases: Vec<&&Event> = events.iter().filter(|e| e.event_type == EventType::Purchase).collect();
-    let first_of = |f: &dyn Fn(&Event) -> Option<Text>| events.iter().find_map(|e| f(e));
+    let first_of = |f: &dyn Fn(&Event) -> Option<Dim>| events.iter().find_map(|e| f(e));
     // The ordered funnel: the position of each step must follow the previous one.
     let steps = [
         |e: &Event| matches!(e.event_type, EventType::PageView | EventType::ProductView),
@@ -525,10 +526,10 @@ fn session_row(user: &str, session_id: String, derived: bool, events: &[&Event])
         orders: purchases.iter().map(|e| e.order_id().unwrap_or(e.event_id())).collect::<BTreeSet<_>>().len() as u64,
         revenue_cents: purchases.iter().map(|e| e.price_cents.unwrap_or(0) * i64::from(e.quantity)).sum(),
         funnel_step: reached,
-        country: first_of(&|e| e.country.clone()),
-        device: first_of(&|e| e.device_os.clone()),
-        utm_source: first_of(&|e| e.utm_source.clone()),
-        category: first_of(&|e| e.category.clone()),
+        country: first_of(&|e| e.country),
+        device: first_of(&|e| e.device_os),
+        utm_source: first_of(&|e| e.utm_source),
+        category: first_of(&|e| e.category),
     }
 }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use crate::dictionary::Dim;
 use crate::event::{Event, EventType, Text};
 use crate::time::{Granularity, Millis};
 
@@ -29,16 +30,17 @@ pub const NONE_VALUE: &str = "(none)";
 /// The value of every session under [`Dimension::All`].
 pub(crate) const ALL_TEXT: &str = "all";
 
-thread_local! {
-    static ALL_VALUE: Text = Text::from(ALL_TEXT);
-    static NONE: Text = Text::from(NONE_VALUE);
+/// [`ALL_TEXT`] and [`NONE_VALUE`] as dictionary codes.
+fn fixed_values() -> (Dim, Dim) {
+    static FIXED: std::sync::OnceLock<(Dim, Dim)> = std::sync::OnceLock::new();
+    *FIXED.get_or_init(|| (Dim::new(ALL_TEXT), Dim::new(NONE_VALUE)))
 }
 
 /// One session of one user.
 ///
 /// Key: `(user_id, session_id)`. A derived session (no `session_id` from the shop) is named
-/// `derived:<start ms>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// `derived:<start ms>`. Ordered by its fields in order (see [`Ord for SessionRow`](#impl-Ord-for-SessionRow)).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionRow {
     /// The user.
     pub user_id: Text,
@@ -72,13 +74,65 @@ pub struct SessionRow {
     /// Furthest ordered funnel step reached: 0 none, 1 view, 2 cart, 3 checkout, 4 purchase.
     pub funnel_step: u8,
     /// Country of the first event that has one.
-    pub country: Option<Text>,
+    pub country: Option<Dim>,
     /// Device OS of the first event that has one.
-    pub device: Option<Text>,
+    pub device: Option<Dim>,
     /// UTM source of the first event that has one.
-    pub utm_source: Option<Text>,
+    pub utm_source: Option<Dim>,
     /// Category of the first event that has one.
-    pub category: Option<Text>,
+    pub category: Option<Dim>,
+}
+
+impl SessionRow {
+    /// The fields after the two texts, in order.
+    #[allow(clippy::type_complexity)]
+    fn numbers(&self) -> ((bool, Millis, Millis, u64), (u64, u64, u64, u64, u64, u64, u64), (i64, u8), [Option<Dim>; 4]) {
+        (
+            (self.derived, self.start_ts, self.end_ts, self.events),
+            (self.page_views, self.product_views, self.products_viewed, self.cart_adds, self.checkouts, self.purchases, self.orders),
+            (self.revenue_cents, self.funnel_step),
+            [self.country, self.device, self.utm_source, self.category],
+        )
+    }
+}
+
+/// Texts compared as texts, but by pointer first: the rows of one user share its id, and
+/// a session's rows share their session id.
+fn text_cmp(a: &Text, b: &Text) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+impl PartialEq for SessionRow {
+    fn eq(&self, other: &Self) -> bool {
+        text_cmp(&self.user_id, &other.user_id).is_eq() && text_cmp(&self.session_id, &other.session_id).is_eq() && self.numbers() == other.numbers()
+    }
+}
+
+impl Eq for SessionRow {}
+
+impl std::hash::Hash for SessionRow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.user_id, &self.session_id, self.numbers()).hash(state)
+    }
+}
+
+impl Ord for SessionRow {
+    /// By the fields in their declared order, as a derived order would be.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        text_cmp(&self.user_id, &other.user_id)
+            .then_with(|| text_cmp(&self.session_id, &other.session_id))
+            .then_with(|| self.numbers().cmp(&other.numbers()))
+    }
+}
+
+impl PartialOrd for SessionRow {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The arrangement key of an id: its placement hash ([`tidemark_routing::key_hash`],
@@ -230,7 +284,7 @@ pub fn sessionize_reusing(events: &[&SessionEvent], earlier: &[&SessionRow]) -> 
 }
 
 fn summarize(user_id: &Text, session_id: Text, derived: bool, events: &[&SessionEvent]) -> SessionRow {
-    let first = |f: fn(&Event) -> Option<&Text>| events.iter().find_map(|e| f(&e.event).cloned());
+    let first = |f: fn(&Event) -> Option<Dim>| events.iter().find_map(|e| f(&e.event));
     let mut row = SessionRow {
         user_id: user_id.clone(),
         session_id,
@@ -247,10 +301,10 @@ fn summarize(user_id: &Text, session_id: Text, derived: bool, events: &[&Session
         orders: 0,
         revenue_cents: 0,
         funnel_step: 0,
-        country: first(|e| e.country.as_ref()),
-        device: first(|e| e.device_os.as_ref()),
-        utm_source: first(|e| e.utm_source.as_ref()),
-        category: first(|e| e.category.as_ref()),
+        country: first(|e| e.country),
+        device: first(|e| e.device_os),
+        utm_source: first(|e| e.utm_source),
+        category: first(|e| e.category),
     };
     let mut products = BTreeSet::new();
     let mut orders = BTreeSet::new();
@@ -328,7 +382,7 @@ impl Dimension {
     }
 
     /// The session's field this dimension reads (`None` for [`Dimension::All`]).
-    pub(crate) fn field(self, s: &SessionRow) -> Option<&Option<Text>> {
+    pub(crate) fn field(self, s: &SessionRow) -> Option<&Option<Dim>> {
         match self {
             Dimension::All => None,
             Dimension::Country => Some(&s.country),
@@ -347,16 +401,17 @@ impl Dimension {
     }
 
     /// The dimension's value for a session.
-    pub fn value_of(self, s: &SessionRow) -> Text {
+    pub fn value_of(self, s: &SessionRow) -> Dim {
+        let (all, none) = fixed_values();
         match self.field(s) {
-            None => ALL_VALUE.with(Text::clone),
-            Some(v) => v.clone().unwrap_or_else(|| NONE.with(Text::clone)),
+            None => all,
+            Some(v) => v.unwrap_or(none),
         }
     }
 }
 
 /// Key of the `funnel` view, ordered by its fields in order (the values as text).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FunnelKey {
     /// Window size.
     pub granularity: Granularity,
@@ -365,26 +420,7 @@ pub struct FunnelKey {
     /// Dimension.
     pub dimension: Dimension,
     /// Dimension value (`all` for [`Dimension::All`], `(none)` when absent).
-    pub value: Text,
-}
-
-impl Ord for FunnelKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.granularity, self.window_start, self.dimension).cmp(&(other.granularity, other.window_start, other.dimension)).then_with(|| {
-            // Decoded dimension values are interned: equal ones mostly share a pointer.
-            if Arc::ptr_eq(&self.value, &other.value) {
-                std::cmp::Ordering::Equal
-            } else {
-                self.value.cmp(&other.value)
-            }
-        })
-    }
-}
-
-impl PartialOrd for FunnelKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
+    pub value: Dim,
 }
 
 /// Every funnel key a session counts under: one per granularity and dimension, in the

@@ -71,10 +71,10 @@ use crate::decode::{decode, DecodeConfig, RawRecord, Reject, RejectReason};
 use crate::operators::cancel::{resolve, Bind};
 use crate::operators::dedup::{Decision, Dedup, Delivery};
 use crate::operators::accumulate::Accumulate;
-use crate::operators::sessions::{SessionChange, Sessions};
+use crate::operators::sessions::Sessions;
 use crate::operators::KeepFirst;
 use crate::event::{Event, EventType};
-use crate::rows::{key_of, Route, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionRow};
+use crate::rows::{Route, Dimension, FunnelAgg, FunnelKey, KpiAgg, KpiKey, OrderInWindow, SessionRow};
 use crate::time::{tick_ceil, Granularity, Millis, Time};
 
 /// Settings that change what the views contain.
@@ -266,7 +266,7 @@ pub type ViewArrangement<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K,
 pub struct Views<'scope> {
     /// Valid (deduplicated, not retracted, not expired) events, for later views.
     pub events: VecCollection<'scope, Time, Arc<Event>>,
-    /// `sessions`: key [`key_of`] the user id, row a shared [`SessionRow`] (which carries the
+    /// `sessions`: key [`key_of`](crate::rows::key_of) the user id, row a shared [`SessionRow`] (which carries the
     /// user id), one row per session of every user with a live event. A late event that
     /// joins or splits sessions retracts the old rows and inserts the new ones.
     pub sessions: ViewArrangement<'scope, u64, Arc<SessionRow>>,
@@ -290,7 +290,7 @@ pub struct Views<'scope> {
     pub dead_letter: VecCollection<'scope, Time, Reject>,
     /// `customer_rfm`, `clv_model` and `customer_clv` (see [`crate::clv`]).
     pub clv: ClvViews<'scope>,
-    /// `fraud_features`, `fraud_scores` and `fraud_alerts`, keyed by [`key_of`] the card
+    /// `fraud_features`, `fraud_scores` and `fraud_alerts`, keyed by [`key_of`](crate::rows::key_of) the card
     /// id (see [`crate::fraud`]).
     pub fraud: FraudViews<'scope>,
 }
@@ -492,18 +492,15 @@ pub fn build_parts<'scope>(records: VecCollection<'scope, Time, RawRecord>, conf
     });
     let kept_cancellers = kept.clone().flat_map(|(d, t, r)| (r > 0 && d.event.retracts().is_some()).then_some((d, t, r)));
     let corrections = resolve(binds, kept_cancellers);
-    let valid = kept.flat_map(|(d, t, r)| (d.event.event_type != EventType::Retraction).then(|| (d.event, t, r))).concat(corrections);
-    let events = hold_future(valid, "Expire: events after retention").as_collection();
+    // Dedup emits each kept event's leaving when due; the resolver's corrections carry
+    // their future updates, held until due.
+    let corrections = hold_future(corrections, "Expire: corrections after retention");
+    let events = kept.flat_map(|(d, t, r)| (d.event.event_type != EventType::Retraction).then(|| (d.event, t, r))).concat(corrections).as_collection();
     let duplicates = hold_future(duplicates, "Expire: duplicates after retention").as_collection();
 
     // Sessions by user, with the changes they make to the funnel's sums
     // (operators::sessions); the funnel and the kpis sum those changes by key.
-    let changes = with(Part::Sessions).then(|| {
-        events.inner.clone().sessions().ok_err(|(change, t, r)| match change {
-            SessionChange::Session(s) => Ok(((key_of(&s.user_id), s), t, r)),
-            SessionChange::Funnel(k, a) => Err((k, t, a)),
-        })
-    });
+    let changes = with(Part::Sessions).then(|| events.inner.clone().sessions());
     let sessions = changes.as_ref().map(|(rows, _)| arrange_placed(rows.clone().as_collection(), "Arrange: sessions"));
     let funnel_changes = changes.map(|(_, funnel)| funnel);
     let funnel = with(Part::Funnel).then(|| {

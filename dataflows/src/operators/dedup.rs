@@ -14,12 +14,15 @@
 //! cancellers are bound too: the resolver, which learns which cancellers were kept,
 //! leaves their bindings out.
 //!
-//! Output, all at once when a time completes, in one message at that time (the future
-//! updates too, with their own times, for `hold_future` in [`crate::views`] to release
-//! when due):
-//! - [`Decision::Kept`]: `+1` at its arrival, `-1` at its expiry, for every kept delivery;
-//! - [`Decision::Duplicate`]: `+1` at the arrival, `-1` one retention period later, for
-//!   every duplicate (a `duplicate` reject, its bytes the delivery's canonical JSON);
+//! Output, all at once when a time completes, in one message at that time:
+//! - [`Decision::Kept`]: `+1` at its arrival, and `-1` at its expiry, for every kept
+//!   delivery: the operator holds a capability for the earliest expiry of the deliveries
+//!   it keeps, and emits each one's leaving when that time completes (the kept delivery
+//!   is in its state until then anyway);
+//! - [`Decision::Duplicate`]: `+1` at the arrival, `-1` one retention period later (given
+//!   with the arrival, with its own time, for `hold_future` in [`crate::views`] to release
+//!   when due), for every duplicate (a `duplicate` reject, its bytes the delivery's
+//!   canonical JSON);
 //! - [`Decision::Bound`]: `+1` at the time a canceller and its target meet.
 //!
 //! State: per id, its live kept delivery and the cancellers waiting for one (by the real
@@ -67,6 +70,7 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use super::cancel::{Announcement, Bind};
@@ -148,6 +152,9 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
             let mut waiting: HashMap<Text, Vec<Delivery>> = HashMap::default();
             let mut kept_by_expiry: BTreeMap<Time, Vec<Arc<Event>>> = BTreeMap::new();
             let mut waiting_by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
+            // A capability at the earliest time in `kept_by_expiry`, to emit each kept
+            // delivery's leaving at its expiry.
+            let mut expiring: Option<Capability<Time>> = None;
             move |(input, frontier), (announced, announced_frontier), output| {
                 input.for_each(|cap, data| {
                     for (d, t, r) in data.drain(..) {
@@ -162,20 +169,31 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                     }
                 });
                 let complete = |t: &Time| !frontier.less_equal(t) && !announced_frontier.less_equal(t);
-                // Every time ready now, in time order; the decisions go out in one message at
-                // the earliest one's capability (each carries its time).
-                let mut first = None;
+                // Every time ready now, in time order (the times of arrivals and of kept
+                // deliveries' expiries); the decisions go out in one message at the earliest
+                // one's capability (each carries its time).
+                let mut first: Option<Capability<Time>> = None;
                 let mut out: Vec<(Decision, Time, isize)> = Vec::new();
-                while let Some((cap, time, mut arrived, mut cancellers)) = pop_ready_pair(&mut deliveries, &mut announcements, complete) {
-                    first.get_or_insert(cap);
-                    // Forget kept deliveries and waiting cancellers that have expired by now.
-                    while let Some(entry) = kept_by_expiry.first_entry() {
-                        if *entry.key() > time {
-                            break;
-                        }
-                        for event in entry.remove() {
-                            if kept.get(event.event_id()).is_some_and(|k| k.0.expiry <= time) {
-                                kept.remove(event.event_id());
+                loop {
+                    let next_expiry = kept_by_expiry.first_key_value().map(|(t, _)| *t);
+                    let next_arrival = [deliveries.first_time(), announcements.first_time()].into_iter().flatten().min();
+                    let Some(time) = [next_expiry, next_arrival].into_iter().flatten().min().filter(|t| complete(t)) else { break };
+                    let (cap, mut arrived, mut cancellers) = if next_arrival == Some(time) {
+                        let (cap, _, arrived, cancellers) = pop_ready_pair(&mut deliveries, &mut announcements, complete).expect("arrivals at a complete time");
+                        (cap, arrived, cancellers)
+                    } else {
+                        (expiring.as_ref().expect("held while kept deliveries wait to expire").delayed(&time), Vec::new(), Vec::new())
+                    };
+                    if first.is_none() {
+                        first = Some(cap.clone());
+                    }
+                    // Kept deliveries that expire now leave (emitted now, at their expiry),
+                    // and waiting cancellers that have expired are forgotten.
+                    if next_expiry == Some(time) {
+                        for event in kept_by_expiry.remove(&time).expect("the first expiry") {
+                            if kept.get(event.event_id()).is_some_and(|k| Arc::ptr_eq(&k.0.event, &event)) {
+                                let gone = kept.take(event.event_id()).expect("found just now");
+                                out.push((Decision::Kept(gone.0), time, -1));
                             }
                         }
                     }
@@ -210,7 +228,9 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                                 out.extend(w.into_iter().filter(|c| c.expiry > time).map(|canceller| (Decision::Bound(Bind { canceller, target: d.clone() }), time, 1)));
                             }
                             kept_by_expiry.entry(d.expiry).or_default().push(d.event.clone());
-                            out.push((Decision::Kept(d.clone()), d.expiry, -1));
+                            if expiring.as_ref().is_none_or(|e| *e.time() > d.expiry) {
+                                expiring = Some(cap.delayed(&d.expiry));
+                            }
                             out.push((Decision::Kept(d.clone()), time, 1));
                             duplicates -= 1;
                             kept.replace(ById(d.clone()));
@@ -241,6 +261,10 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                 }
                 deliveries.settle();
                 announcements.settle();
+                match (kept_by_expiry.first_key_value(), &mut expiring) {
+                    (Some((next, _)), Some(held)) => held.downgrade(next),
+                    _ => expiring = None,
+                }
             }
         })
     }

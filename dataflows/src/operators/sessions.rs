@@ -8,15 +8,14 @@
 //! (see `resessionize`; with [`sessionize`](crate::rows::sessionize), the function the
 //! reference's sessions agree with) and emits what differs:
 //!
-//! - [`SessionChange::Session`]: the old rows retracted and the new ones inserted (a
-//!   session that did not change emits nothing);
-//! - [`SessionChange::Funnel`]: for every funnel key
-//!   ([`funnel_keys`](crate::rows::funnel_keys)) of a changed session, the change of the
-//!   key's [`FunnelAgg`] sums, with `unique_users` moving only when the number of the
-//!   user's sessions under the key leaves or comes back to 0; summed over the time's
-//!   users before it is emitted (a key may come in parts, see `FunnelSums`, that the
-//!   sums downstream add up), and nothing when a session's change leaves its funnel keys
-//!   and sums as they were (a page view added to it, say).
+//! - on one output, the `sessions` rows ([`SessionUpdates`]): the old rows retracted and
+//!   the new ones inserted (a session that did not change emits nothing);
+//! - on the other, the funnel's changes ([`FunnelChanges`]): for every funnel key
+//!   ([`funnel_keys`]) of a changed session, the change of the key's [`FunnelAgg`] sums,
+//!   with `unique_users` moving only when the number of the user's sessions under the key
+//!   leaves or comes back to 0; summed over the time's users before it is emitted, and
+//!   nothing when a session's change leaves its funnel keys and sums as they were (a page
+//!   view added to it, say).
 //!
 //! Users are placed by the hash of their id and kept by the id itself: two ids that
 //! share a hash are never merged. The output is on the user's worker, so the `sessions`
@@ -28,33 +27,32 @@
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 
 use crate::event::{Event, Text};
-use crate::rows::{key_of, sessionize_reusing, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
+use crate::dictionary::Dim;
+use crate::rows::{funnel_keys, key_of, sessionize_reusing, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
 use crate::time::{Granularity, Millis, Time};
 use crate::views::Pending;
 
-/// What the `sessions` operator emits.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum SessionChange {
-    /// A `sessions` row, with the update's diff as the diff (shared with the operator's
-    /// own copy of the user's sessions).
-    Session(Arc<SessionRow>),
-    /// A change of a funnel key's sums (the update's diff is 1).
-    Funnel(FunnelKey, FunnelAgg),
-}
+/// The `sessions` rows (key [`key_of`] the user id, the row shared with the operator's
+/// own copy of the user's sessions) as differential updates.
+pub type SessionUpdates<'scope> = Stream<'scope, Time, Vec<((u64, Arc<SessionRow>), Time, isize)>>;
+
+/// The changes of the funnel's sums (each update's diff is the change).
+pub type FunnelChanges<'scope> = Stream<'scope, Time, Vec<(FunnelKey, Time, FunnelAgg)>>;
 
 /// See the [module docs](self).
 pub trait Sessions<'scope> {
-    /// The changes of the `sessions` rows and of the funnel's sums.
-    fn sessions(self) -> Stream<'scope, Time, Vec<(SessionChange, Time, isize)>>;
+    /// The changes of the `sessions` rows, and of the funnel's sums.
+    fn sessions(self) -> (SessionUpdates<'scope>, FunnelChanges<'scope>);
 }
 
 /// One user's live events (in session order, with their counts) and sessions.
@@ -99,32 +97,47 @@ fn resessionize(user: &User, changed: &[(Arc<Event>, isize)]) -> (Vec<usize>, Ve
 }
 
 impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, isize)>> {
-    fn sessions(self) -> Stream<'scope, Time, Vec<(SessionChange, Time, isize)>> {
+    fn sessions(self) -> (SessionUpdates<'scope>, FunnelChanges<'scope>) {
         let pact = Exchange::new(|(e, _, _): &(Arc<Event>, Time, isize)| key_of(e.user_id()));
-        self.unary_frontier::<CapacityContainerBuilder<Vec<(SessionChange, Time, isize)>>, _, _, _>(pact, "Sessions: by user, with the funnel's changes", |_, _| {
+        let mut builder = OperatorBuilder::new("Sessions: by user, with the funnel's changes".to_owned(), self.scope());
+        let mut input = builder.new_input(self, pact);
+        let (rows_output, rows) = builder.new_output::<Vec<((u64, Arc<SessionRow>), Time, isize)>>();
+        let (funnel_output, funnel_changes_out) = builder.new_output::<Vec<(FunnelKey, Time, FunnelAgg)>>();
+        let mut rows_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(rows_output);
+        let mut funnel_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(funnel_output);
+        builder.build(move |_| {
+            // Stashed by time behind a capability for the rows' output; `funnel_held` holds
+            // the same time for the funnel's output.
             let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
+            let mut funnel_held: Option<Capability<Time>> = None;
             let mut users: HashMap<Text, User> = HashMap::default();
-            let fixed = Fixed::default();
             // Emptied at every time, kept for its room.
             let mut funnel = FunnelSums::default();
-            move |(input, frontier), output| {
+            move |frontiers| {
+                let frontier = &frontiers[0];
                 input.for_each(|cap, data| {
                     for (e, t, r) in data.drain(..) {
+                        if funnel_held.as_ref().is_none_or(|h| *h.time() > t) {
+                            funnel_held = Some(cap.delayed(&t, 1));
+                        }
                         pending.push(&cap, t, (e, r));
                     }
                 });
                 // Every time ready now, in time order; what they change goes out in one
-                // message at the earliest one's capability (each update carries its time).
+                // message per output at the earliest one's capability (each update carries
+                // its time).
                 let mut first = None;
-                let mut out: Vec<(SessionChange, Time, isize)> = Vec::new();
+                let mut out: Vec<((u64, Arc<SessionRow>), Time, isize)> = Vec::new();
+                let mut funnel_out: Vec<(FunnelKey, Time, FunnelAgg)> = Vec::new();
                 while let Some((cap, time, mut changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
-                    first.get_or_insert(cap);
+                    first.get_or_insert_with(|| (cap, funnel_held.as_ref().expect("held with the rows' capability").delayed(&time)));
                     // The time's changes user by user: apply all of a user's, then sessionize
                     // the user (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
                     changes.sort_by(|(a, _), (b, _)| a.user_id().cmp(b.user_id()));
                     for changed in changes.chunk_by(|(a, _), (b, _)| a.user_id() == b.user_id()) {
                         let user_id = changed[0].0.user_id();
+                        let key = key_of(user_id);
                         // Looked up by the borrowed id: the id is copied only for a new user.
                         let user = match users.get_mut(user_id) {
                             Some(user) => user,
@@ -138,19 +151,19 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                         {
                             let removed: Vec<&SessionRow> = removed.iter().map(|&i| &*user.sessions[i]).collect();
                             let added: Vec<&SessionRow> = added.iter().map(|&j| &new[j]).collect();
-                            funnel_changes(&user.sessions, &removed, &added, &fixed, &mut funnel);
+                            funnel_changes(&user.sessions, &removed, &added, &mut funnel);
                         }
                         // The removed rows leave the user's sessions into the output, and
                         // the added ones join them in order, a copy going out.
                         for &i in removed.iter().rev() {
-                            out.push((SessionChange::Session(user.sessions.remove(i)), time, -1));
+                            out.push(((key, user.sessions.remove(i)), time, -1));
                         }
                         let mut new: Vec<Option<Arc<SessionRow>>> = new.into_iter().map(|s| Some(Arc::new(s))).collect();
                         // Most users have one session: no room beyond what they hold.
                         user.sessions.reserve_exact(added.len());
                         for &j in &added {
                             let row = new[j].take().expect("each added row once");
-                            out.push((SessionChange::Session(row.clone()), time, 1));
+                            out.push(((key, row.clone()), time, 1));
                             let at = user.sessions.binary_search(&row).unwrap_or_else(|at| at);
                             user.sessions.insert(at, row);
                         }
@@ -158,14 +171,20 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                             users.remove(user_id);
                         }
                     }
-                    out.extend(funnel.drain_changes().map(|(k, a)| (SessionChange::Funnel(k, a), time, 1)));
+                    funnel_out.extend(funnel.drain_changes().map(|(k, a)| (k, time, a)));
                 }
-                if let Some(cap) = first {
-                    output.session(&cap).give_iterator(out.into_iter());
+                if let Some((rows_cap, funnel_cap)) = first {
+                    rows_output.activate().session(&rows_cap).give_iterator(out.into_iter());
+                    funnel_output.activate().session(&funnel_cap).give_iterator(funnel_out.into_iter());
                 }
                 pending.settle();
+                match (pending.first_time(), &mut funnel_held) {
+                    (Some(first), Some(held)) => held.downgrade(&first),
+                    _ => funnel_held = None,
+                }
             }
-        })
+        });
+        (rows, funnel_changes_out)
     }
 }
 
@@ -220,85 +239,37 @@ fn difference(sessions: &[Arc<SessionRow>], old: &[usize], new: &[SessionRow]) -
 }
 
 /// What of a session the funnel sees: its windows, sums and dimension values.
-fn funnel_part(s: &SessionRow) -> ([Millis; 3], FunnelAgg, [&Option<Text>; 4]) {
-    (Granularity::ALL.map(|g| g.window_start(s.start_ts)), FunnelAgg::of_session(s), [&s.country, &s.device, &s.utm_source, &s.category])
+fn funnel_part(s: &SessionRow) -> ([Millis; 3], FunnelAgg, [Option<Dim>; 4]) {
+    (Granularity::ALL.map(|g| g.window_start(s.start_ts)), FunnelAgg::of_session(s), [s.country, s.device, s.utm_source, s.category])
 }
 
-/// The texts of the values that no session field holds: `all` and `(none)`, one copy per
-/// operator, so that funnel keys can borrow them like a session's own values.
-struct Fixed {
-    all: Text,
-    none: Text,
+/// Whether a session counts under a funnel key.
+fn counts(key: &FunnelKey, s: &SessionRow) -> bool {
+    key.granularity.window_start(s.start_ts) == key.window_start && (key.dimension == Dimension::All || key.dimension.value_of(s) == key.value)
 }
 
-impl Default for Fixed {
-    fn default() -> Self {
-        Fixed { all: Text::from(crate::rows::ALL_TEXT), none: Text::from(crate::rows::NONE_VALUE) }
-    }
-}
-
-/// A funnel key of a session, borrowing its value: what
-/// [`funnel_keys`](crate::rows::funnel_keys) gives, without a copy of the value.
-#[derive(Clone, Copy)]
-struct Part<'a> {
-    granularity: Granularity,
-    window_start: Millis,
-    dimension: Dimension,
-    value: &'a Text,
-}
-
-impl<'a> Part<'a> {
-    /// The session's keys, in the order of [`funnel_keys`](crate::rows::funnel_keys).
-    fn of(s: &'a SessionRow, fixed: &'a Fixed) -> impl Iterator<Item = Part<'a>> + 'a {
-        Granularity::ALL.into_iter().flat_map(move |granularity| {
-            let window_start = granularity.window_start(s.start_ts);
-            Dimension::ALL.into_iter().map(move |dimension| {
-                let value = match dimension.field(s) {
-                    None => &fixed.all,
-                    Some(v) => v.as_ref().unwrap_or(&fixed.none),
-                };
-                Part { granularity, window_start, dimension, value }
-            })
-        })
-    }
-
-    /// The order of [`FunnelKey`]s.
-    fn cmp_key(&self, other: &Part) -> std::cmp::Ordering {
-        (self.granularity, self.window_start, self.dimension, &**self.value).cmp(&(other.granularity, other.window_start, other.dimension, &**other.value))
-    }
-
-    /// Whether a session counts under this key.
-    fn counts(&self, s: &SessionRow) -> bool {
-        self.granularity.window_start(s.start_ts) == self.window_start && (self.dimension == Dimension::All || self.dimension.value_str(s) == &**self.value)
-    }
-}
-
-/// The changes of one time's funnel sums, by key, each key's value told by the address
-/// of its text: equal values of events decoded on one thread share one text, so this is
-/// almost always the key itself, and it costs no string comparison and no copy. Where
-/// two texts hold one value, the key's change is emitted in two parts, which the sums
-/// downstream add up.
+/// The changes of one time's funnel sums, by key: hashed by the value's code, which is
+/// the value within the process.
 #[derive(Default)]
 struct FunnelSums {
-    /// Per (granularity, dimension, window start, address of the value): the value (which
-    /// keeps the address in use) and the change.
-    by_address: HashMap<(Granularity, Dimension, Millis, usize), (Text, FunnelAgg)>,
+    /// Per (granularity, dimension, window start, code of the value): the value and the
+    /// change.
+    by_code: HashMap<(Granularity, Dimension, Millis, u32), (Dim, FunnelAgg)>,
 }
 
 impl FunnelSums {
-    fn add(&mut self, part: &Part, delta: &FunnelAgg) {
-        let address = Arc::as_ptr(part.value) as *const u8 as usize;
-        match self.by_address.entry((part.granularity, part.dimension, part.window_start, address)) {
+    fn add(&mut self, key: &FunnelKey, delta: &FunnelAgg) {
+        match self.by_code.entry((key.granularity, key.dimension, key.window_start, key.value.code())) {
             std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().1.plus_equals(delta),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((part.value.clone(), *delta));
+                e.insert((key.value, *delta));
             }
         }
     }
 
     /// The non-zero changes, leaving none.
     fn drain_changes(&mut self) -> impl Iterator<Item = (FunnelKey, FunnelAgg)> + '_ {
-        self.by_address
+        self.by_code
             .drain()
             .filter(|(_, (_, delta))| !delta.is_zero())
             .map(|((granularity, dimension, window_start, _), (value, delta))| (FunnelKey { granularity, window_start, dimension, value }, delta))
@@ -307,7 +278,7 @@ impl FunnelSums {
 
 /// Adds to `funnel` the changes of the funnel's sums when `removed` leave a user's
 /// sessions `old` and `added` join them.
-fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&SessionRow], fixed: &Fixed, funnel: &mut FunnelSums) {
+fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&SessionRow], funnel: &mut FunnelSums) {
     // The common case of a session that grew without changing what the funnel sees.
     if removed.len() == added.len() {
         let mut a: Vec<_> = removed.iter().map(|s| funnel_part(s)).collect();
@@ -323,8 +294,8 @@ fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&Se
             if windows_a == windows_b && dims_a == dims_b {
                 let mut change = *agg_b;
                 change.plus_equals(&agg_a.multiply(&-1));
-                for part in Part::of(added[0], fixed) {
-                    funnel.add(&part, &change);
+                for key in funnel_keys(added[0]) {
+                    funnel.add(&key, &change);
                 }
                 return;
             }
@@ -332,18 +303,18 @@ fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&Se
     }
     // Per key of a changed session: the sums' change, and the change in the number of
     // the user's sessions under it (a session's keys are distinct).
-    let mut deltas: Vec<(Part, FunnelAgg, isize)> = Vec::with_capacity(15 * (removed.len() + added.len()));
+    let mut deltas: Vec<(FunnelKey, FunnelAgg, isize)> = Vec::with_capacity(15 * (removed.len() + added.len()));
     for (sessions, sign) in [(removed, -1isize), (added, 1)] {
         for s in sessions {
             let agg = FunnelAgg::of_session(s).multiply(&sign);
-            deltas.extend(Part::of(s, fixed).map(|part| (part, agg, sign)));
+            deltas.extend(funnel_keys(s).map(|key| (key, agg, sign)));
         }
     }
     if removed.len() + added.len() > 1 {
         // Several sessions may share keys: sum each key's changes.
-        deltas.sort_unstable_by(|a, b| a.0.cmp_key(&b.0));
+        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         deltas.dedup_by(|later, kept| {
-            let same = later.0.cmp_key(&kept.0).is_eq();
+            let same = later.0 == kept.0;
             if same {
                 kept.1.plus_equals(&later.1);
                 kept.2 += later.2;
@@ -351,14 +322,14 @@ fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&Se
             same
         });
     }
-    for (part, mut sum, count) in deltas {
+    for (key, mut sum, count) in deltas {
         if count != 0 {
-            let before = old.iter().filter(|s| part.counts(s)).count() as isize;
+            let before = old.iter().filter(|s| counts(&key, s)).count() as isize;
             let after = before + count;
             sum.unique_users = i64::from(after > 0) - i64::from(before > 0);
         }
         if !sum.is_zero() {
-            funnel.add(&part, &sum);
+            funnel.add(&key, &sum);
         }
     }
 }
@@ -375,7 +346,7 @@ mod tests {
 
     use super::*;
     use crate::event::{EventType, NewEvent};
-    use crate::rows::{funnel_keys, sessionize_users};
+    use crate::rows::sessionize_users;
 
     /// An event of the random histories: few users, ids, times and dimension values, so
     /// that sessions merge, split, share keys and come back.
@@ -383,7 +354,7 @@ mod tests {
         let types = [EventType::PageView, EventType::ProductView, EventType::AddToCart, EventType::Checkout, EventType::Purchase];
         let (id, user, session) = (format!("e{n}"), format!("u{user}"), session.map(|s| format!("s{s}")));
         let mut e = NewEvent { event_id: &id, user_id: &user, session_id: session.as_deref(), ..NewEvent::default() }.build(types[kind as usize % types.len()], ts);
-        e.country = country.map(|c| Text::from(["DE", "FR"][c as usize % 2]));
+        e.country = country.map(|c| Dim::new(["DE", "FR"][c as usize % 2]));
         e.price_cents = (e.event_type == EventType::Purchase).then_some(1000 + i64::from(n));
         Arc::new(e)
     }
@@ -423,18 +394,13 @@ mod tests {
             let (sink, updates) = (sink.clone(), updates.clone());
             let (mut input, probe) = worker.dataflow::<Time, _, _>(|scope| {
                 let (input, events) = scope.new_collection::<Arc<Event>, isize>();
-                let probe = events
-                    .inner
-                    .sessions()
-                    .inspect(move |(change, t, r)| {
-                        let mut out = sink.lock().expect("no panics");
-                        match change {
-                            SessionChange::Session(s) => out.0.push(((**s).clone(), *t, *r)),
-                            SessionChange::Funnel(k, a) => out.1.push((k.clone(), *t, a.multiply(r))),
-                        }
-                    })
-                    .probe()
-                    .0;
+                let (rows, funnel) = events.inner.sessions();
+                let rows_sink = sink.clone();
+                let rows = rows.inspect(move |((_, s), t, r)| rows_sink.lock().expect("no panics").0.push(((**s).clone(), *t, *r)));
+                let funnel = funnel.inspect(move |(k, t, a)| sink.lock().expect("no panics").1.push((*k, *t, *a)));
+                let probe = timely::dataflow::ProbeHandle::new();
+                rows.probe_with(&probe);
+                funnel.probe_with(&probe);
                 (input, probe)
             });
             for (i, (t, e, r)) in updates.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The views as the API shows them: columns, key, routing columns, and rows as
 //! [`Row`]s of typed [`Value`]s.
 
+use tidemark_dataflows::dictionary::Dim;
 use tidemark_dataflows::clv::dataflow::Single;
 use tidemark_dataflows::clv::{ClvModel, ClvRow, Real, RfmRow, DAY_MS};
 use tidemark_dataflows::decode::Reject;
@@ -359,7 +360,7 @@ pub fn clv_row(_: &u64, c: &ClvRow) -> Row {
     Row { values }
 }
 
-fn text_or_null(v: &Option<std::sync::Arc<str>>) -> Value {
+fn text_or_null(v: &Option<Dim>) -> Value {
     v.as_deref().map(value::string).unwrap_or_else(value::null)
 }
 
@@ -436,11 +437,10 @@ pub fn funnel_lower(values: &[Value]) -> Option<FunnelKey> {
         Some(v) => Dimension::from_name(text_value(v)?)?,
         None => *Dimension::ALL.iter().min().expect("dimensions exist"),
     };
-    let value = match values.get(3) {
-        Some(v) => text_value(v)?.into(),
-        None => "".into(),
-    };
-    Some(FunnelKey { granularity, window_start, dimension, value })
+    // A value no row holds is not added to the dictionary: the least value (`""`) is a
+    // lower bound too, and the scan's filter skips what lies before the asked one.
+    let value = values.get(3).map(text_value).map(|v| v.and_then(Dim::existing)).unwrap_or(None);
+    Some(FunnelKey { granularity, window_start, dimension, value: value.unwrap_or_else(|| Dim::new("")) })
 }
 
 /// The least `kpis` key at or after the key values `values` (see [`funnel_lower`]).
