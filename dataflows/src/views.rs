@@ -48,7 +48,7 @@
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::difference::Multiply;
+use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::sync::Arc;
@@ -705,9 +705,22 @@ pub(crate) fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64
 /// the funnel's `all` changes, summed by window.
 fn kpis<'scope>(events: VecCollection<'scope, Time, Arc<Event>>, funnel: Stream<'scope, Time, Vec<(FunnelKey, Time, FunnelAgg)>>) -> ViewArrangement<'scope, KpiKey, KpiAgg> {
     let key = |granularity: Granularity, ts: Millis| KpiKey { granularity, window_start: granularity.window_start(ts) };
-    let by_event = events.inner.clone().flat_map(move |(e, t, r)| {
-        let agg = KpiAgg::of_event(&e).multiply(&r);
-        Granularity::ALL.map(|g| (key(g, e.event_ts), t, agg))
+    // Each message's events summed by window and time where they are, without a
+    // contribution per event and granularity in between.
+    let by_event = events.inner.clone().unary::<CapacityContainerBuilder<Vec<(KpiKey, Time, KpiAgg)>>, _, _, _>(Pipeline, "Kpis: event sums of each message", move |_, _| {
+        // Emptied at every message, kept for its room.
+        let mut sums: foldhash::HashMap<(KpiKey, Time), KpiAgg> = foldhash::HashMap::default();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                for (e, t, r) in data.drain(..) {
+                    let agg = KpiAgg::of_event(&e).multiply(&r);
+                    for g in Granularity::ALL {
+                        sums.entry((key(g, e.event_ts), t)).or_default().plus_equals(&agg);
+                    }
+                }
+                output.session(&cap).give_iterator(sums.drain().filter(|(_, a)| !a.is_zero()).map(|((k, t), a)| (k, t, a)));
+            });
+        }
     });
     let orders = events
         .filter(|e| e.event_type == EventType::Purchase)
