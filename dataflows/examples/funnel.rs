@@ -22,7 +22,7 @@ fn main() {
         ],
         |views| {
             views.funnel.clone().flat_map_ref(|k, a| {
-                (k.granularity == Granularity::Hour && k.dimension != Dimension::All).then(|| ViewRow::Funnel { key: k.clone(), agg: *a })
+                (k.granularity == Granularity::Hour && k.dimension != Dimension::All).then(|| ViewRow::Funnel { key: *k, agg: *a })
             })
         },
     );

@@ -2068,7 +2068,7 @@ mod tests {
             };
             let Some(pattern) = g.fraud else {
                 if e.event_type == EventType::Payment && g.expected == Expected::Accepted {
-                    let country = e.country.clone();
+                    let country = e.country;
                     honest_abroad += usize::from(country != e.billing_country);
                     honest_payments.entry(Arc::from(e.card_id().expect("card"))).or_default().push(e);
                 }

@@ -313,7 +313,7 @@ impl<'scope> Views<'scope> {
         let funnel = self
             .funnel
             .clone()
-            .flat_map_ref(move |k, a| dimensions.contains(&k.dimension).then(|| ViewRow::Funnel { key: k.clone(), agg: *a }));
+            .flat_map_ref(move |k, a| dimensions.contains(&k.dimension).then(|| ViewRow::Funnel { key: *k, agg: *a }));
         let kpis = self.kpis.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a });
         let counts = self.rejected_by_reason.clone().as_collection(|r, c| ViewRow::RejectedByReason { reason: *r, count: *c });
         let rejects = self.rejects.clone().flat_map_ref(move |_, r| with_rejects.then(|| ViewRow::Rejects(r.clone())));
@@ -444,7 +444,7 @@ impl<'scope> PartViews<'scope> {
             rows.push(v.clone().as_collection(|_, s| ViewRow::Sessions((**s).clone())));
         }
         if let Some(v) = &self.funnel {
-            rows.push(v.clone().as_collection(|k, a| ViewRow::Funnel { key: k.clone(), agg: *a }));
+            rows.push(v.clone().as_collection(|k, a| ViewRow::Funnel { key: *k, agg: *a }));
         }
         if let Some(v) = &self.kpis {
             rows.push(v.clone().as_collection(|k, a| ViewRow::Kpis { key: *k, agg: *a }));

@@ -312,7 +312,7 @@ fn funnel_changes(old: &[Arc<SessionRow>], removed: &[&SessionRow], added: &[&Se
     }
     if removed.len() + added.len() > 1 {
         // Several sessions may share keys: sum each key's changes.
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        deltas.sort_unstable_by_key(|d| d.0);
         deltas.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
             if same {
@@ -371,7 +371,7 @@ mod tests {
         let mut users: BTreeMap<FunnelKey, std::collections::BTreeSet<Text>> = BTreeMap::new();
         for s in &sessions {
             for key in funnel_keys(s) {
-                funnel.entry(key.clone()).or_default().plus_equals(&FunnelAgg::of_session(s));
+                funnel.entry(key).or_default().plus_equals(&FunnelAgg::of_session(s));
                 users.entry(key).or_default().insert(s.user_id.clone());
             }
         }
@@ -452,7 +452,7 @@ mod tests {
                 prop_assert_eq!(&got, &want_sessions, "sessions at time {}", t);
                 let mut sums: BTreeMap<FunnelKey, FunnelAgg> = BTreeMap::new();
                 for (k, _, a) in funnel.iter().filter(|(_, at, _)| *at <= t) {
-                    sums.entry(k.clone()).or_default().plus_equals(a);
+                    sums.entry(*k).or_default().plus_equals(a);
                 }
                 sums.retain(|_, a| !a.is_zero());
                 prop_assert_eq!(&sums, &want_funnel, "funnel at time {}", t);

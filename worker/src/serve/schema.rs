@@ -588,7 +588,7 @@ mod tests {
         let mut reasons: Vec<(RejectReason, Row)> = Vec::new();
         for row in state.keys() {
             match row {
-                ViewRow::Funnel { key, agg } => funnel.push((key.clone(), funnel_row(key, agg))),
+                ViewRow::Funnel { key, agg } => funnel.push((*key, funnel_row(key, agg))),
                 ViewRow::Kpis { key, agg } => kpis.push((*key, kpi_row(key, agg))),
                 ViewRow::Rejects(r) => reasons.push((r.reason, reject_row(&r.reason, r))),
                 _ => {}
