@@ -72,6 +72,10 @@ impl Dictionary {
 }
 
 thread_local! {
+    /// Whether values read back on this thread now must be known already
+    /// ([`known_only`]).
+    static KNOWN_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+
     /// This thread's copy of the codes it has looked up: decoding interns several values
     /// per record, and the shared map's lock is taken only for a value new to the thread.
     static CACHE: std::cell::RefCell<foldhash::HashMap<&'static str, Dim>> = std::cell::RefCell::default();
@@ -251,11 +255,25 @@ impl Serialize for Dim {
 
 impl<'de> Deserialize<'de> for Dim {
     /// Interned whatever the dictionary holds: a value read back was accepted where it
-    /// was decoded.
+    /// was decoded. Inside [`known_only`], a value the process does not hold is an error.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Dim, D::Error> {
         let value: std::borrow::Cow<'de, str> = Deserialize::deserialize(deserializer)?;
+        if KNOWN_ONLY.with(std::cell::Cell::get) {
+            return Dim::existing(&value).ok_or_else(|| serde::de::Error::custom(format!("{value:?} is not a dimension value this process holds")));
+        }
         Ok(Dim::new(&value))
     }
+}
+
+/// Runs `read` with values read back ([`Dim`]'s `Deserialize`) taken only if this process
+/// already holds them: for what a client hands back, such as a page token's cursor,
+/// whose values came from this process's rows (the dictionary never forgets one), so
+/// that a made-up token cannot grow the dictionary.
+pub fn known_only<R>(read: impl FnOnce() -> R) -> R {
+    let before = KNOWN_ONLY.with(|k| k.replace(true));
+    let result = read();
+    KNOWN_ONLY.with(|k| k.set(before));
+    result
 }
 
 #[cfg(test)]
@@ -306,5 +324,8 @@ mod tests {
         let back: Option<Dim> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, Some(dim));
         assert_eq!(std::mem::size_of::<Option<Dim>>(), 4);
+        assert!(known_only(|| serde_json::from_str::<Dim>(r#""dict-test-made-up""#)).is_err(), "an unknown value is refused");
+        assert_eq!(known_only(|| serde_json::from_str::<Dim>(&json).unwrap()), dim, "a known one is read");
+        assert_eq!(Dim::existing("dict-test-made-up"), None, "the refused value was not added");
     }
 }

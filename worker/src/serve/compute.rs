@@ -409,7 +409,10 @@ where
         };
         if let Some(bytes) = &scan.position {
             let (key, after, again): (K, Option<V>, bool) =
-                position_codec().deserialize(bytes).map_err(|e| format!("the page token's cursor does not decode: {e}"))?;
+                // Its dimension values came from this process's rows: one that is not
+                // in the dictionary is a made-up token, not a value to add.
+                tidemark_dataflows::dictionary::known_only(|| position_codec().deserialize(bytes))
+                    .map_err(|e| format!("the page token's cursor does not decode: {e}"))?;
             return Ok((Some(key), after.map(|v| (v, again)), only));
         }
         let start = match &self.placement {
