@@ -392,14 +392,6 @@ impl Dimension {
         }
     }
 
-    /// The dimension's value for a session, borrowed (what [`Dimension::value_of`] gives).
-    pub fn value_str(self, s: &SessionRow) -> &str {
-        match self.field(s) {
-            None => ALL_TEXT,
-            Some(v) => v.as_deref().unwrap_or(NONE_VALUE),
-        }
-    }
-
     /// The dimension's value for a session.
     pub fn value_of(self, s: &SessionRow) -> Dim {
         let (all, none) = fixed_values();

@@ -48,7 +48,7 @@
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
+use differential_dataflow::difference::Multiply;
 use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::sync::Arc;
@@ -623,12 +623,40 @@ fn hold_future<'scope, D: Clone + 'static>(
 /// operator needs to emit at a time it has already seen once the frontier allows.
 pub(crate) struct Pending<D> {
     by_time: BTreeMap<Time, Vec<D>>,
-    held: Option<Capability<Time>>,
+    held: Earliest,
 }
 
 impl<D> Default for Pending<D> {
     fn default() -> Self {
-        Pending { by_time: BTreeMap::new(), held: None }
+        Pending { by_time: BTreeMap::new(), held: Earliest::default() }
+    }
+}
+
+/// One capability, held at the earliest of the times an operator still has to emit at.
+#[derive(Default)]
+pub(crate) struct Earliest(Option<Capability<Time>>);
+
+impl Earliest {
+    /// Holds `time` too: `mint` (a capability at `time`) is called only if no capability
+    /// is held or the held one is later.
+    pub(crate) fn hold(&mut self, time: Time, mint: impl FnOnce() -> Capability<Time>) {
+        if self.0.as_ref().is_none_or(|held| *held.time() > time) {
+            self.0 = Some(mint());
+        }
+    }
+
+    /// A capability at `time` (not before the held one's).
+    pub(crate) fn at(&self, time: &Time) -> Capability<Time> {
+        self.0.as_ref().expect("a capability is held while there is something to emit").delayed(time)
+    }
+
+    /// Moves the held capability to `next`, the earliest time still to emit at, or drops
+    /// it if there is none.
+    pub(crate) fn settle(&mut self, next: Option<Time>) {
+        match (next, &mut self.0) {
+            (Some(next), Some(held)) => held.downgrade(&next),
+            _ => self.0 = None,
+        }
     }
 }
 
@@ -637,9 +665,7 @@ impl<D> Pending<D> {
     pub(crate) fn push(&mut self, cap: &timely::dataflow::operators::InputCapability<Time>, time: Time, update: D) {
         // Earlier stashed times are covered by `held`; an earlier time than those came
         // with this message, so `cap` may be delayed to it.
-        if self.held.as_ref().is_none_or(|h| *h.time() > time) {
-            self.held = Some(cap.delayed(&time, 0));
-        }
+        self.held.hold(time, || cap.delayed(&time, 0));
         self.by_time.entry(time).or_default().push(update);
     }
 
@@ -651,7 +677,7 @@ impl<D> Pending<D> {
             return None;
         }
         let updates = self.by_time.remove(&time).expect("the first key exists");
-        let cap = self.held.as_ref().expect("a capability is held while updates are stashed").delayed(&time);
+        let cap = self.held.at(&time);
         Some((cap, time, updates))
     }
 
@@ -664,7 +690,7 @@ impl<D> Pending<D> {
     /// capability and nothing).
     pub(crate) fn pop_at(&mut self, time: Time) -> (Option<Capability<Time>>, Vec<D>) {
         match self.by_time.remove(&time) {
-            Some(updates) => (Some(self.held.as_ref().expect("a capability is held while updates are stashed").delayed(&time)), updates),
+            Some(updates) => (Some(self.held.at(&time)), updates),
             None => (None, Vec::new()),
         }
     }
@@ -672,10 +698,7 @@ impl<D> Pending<D> {
     /// Moves the held capability to the earliest stashed time, or drops it (call after
     /// popping).
     pub(crate) fn settle(&mut self) {
-        match (self.by_time.keys().next(), &mut self.held) {
-            (Some(first), Some(h)) => h.downgrade(first),
-            _ => self.held = None,
-        }
+        self.held.settle(self.first_time());
     }
 }
 
@@ -705,22 +728,9 @@ pub(crate) fn push_keyed<V>(buffer: &mut Vec<((u64, V), Time, isize)>, key: &u64
 /// the funnel's `all` changes, summed by window.
 fn kpis<'scope>(events: VecCollection<'scope, Time, Arc<Event>>, funnel: Stream<'scope, Time, Vec<(FunnelKey, Time, FunnelAgg)>>) -> ViewArrangement<'scope, KpiKey, KpiAgg> {
     let key = |granularity: Granularity, ts: Millis| KpiKey { granularity, window_start: granularity.window_start(ts) };
-    // Each message's events summed by window and time where they are, without a
-    // contribution per event and granularity in between.
-    let by_event = events.inner.clone().unary::<CapacityContainerBuilder<Vec<(KpiKey, Time, KpiAgg)>>, _, _, _>(Pipeline, "Kpis: event sums of each message", move |_, _| {
-        // Emptied at every message, kept for its room.
-        let mut sums: foldhash::HashMap<(KpiKey, Time), KpiAgg> = foldhash::HashMap::default();
-        move |input, output| {
-            input.for_each(|cap, data| {
-                for (e, t, r) in data.drain(..) {
-                    let agg = KpiAgg::of_event(&e).multiply(&r);
-                    for g in Granularity::ALL {
-                        sums.entry((key(g, e.event_ts), t)).or_default().plus_equals(&agg);
-                    }
-                }
-                output.session(&cap).give_iterator(sums.drain().filter(|(_, a)| !a.is_zero()).map(|((k, t), a)| (k, t, a)));
-            });
-        }
+    let by_event = events.inner.clone().flat_map(move |(e, t, r)| {
+        let agg = KpiAgg::of_event(&e).multiply(&r);
+        Granularity::ALL.map(|g| (key(g, e.event_ts), t, agg))
     });
     let orders = events
         .filter(|e| e.event_type == EventType::Purchase)

@@ -78,7 +78,7 @@ use crate::decode::{duplicate_reject, Reject};
 use crate::event::{Event, Text};
 use crate::rows::key_of;
 use crate::time::Time;
-use crate::views::{pop_ready_pair, Pending};
+use crate::views::{pop_ready_pair, Earliest, Pending};
 
 /// An accepted event as it arrived: when, where in its source, and when it leaves.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
             let mut waiting_by_expiry: BTreeMap<Time, Vec<Text>> = BTreeMap::new();
             // A capability at the earliest time in `kept_by_expiry`, to emit each kept
             // delivery's leaving at its expiry.
-            let mut expiring: Option<Capability<Time>> = None;
+            let mut expiring = Earliest::default();
             move |(input, frontier), (announced, announced_frontier), output| {
                 input.for_each(|cap, data| {
                     for (d, t, r) in data.drain(..) {
@@ -182,7 +182,7 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                         let (cap, _, arrived, cancellers) = pop_ready_pair(&mut deliveries, &mut announcements, complete).expect("arrivals at a complete time");
                         (cap, arrived, cancellers)
                     } else {
-                        (expiring.as_ref().expect("held while kept deliveries wait to expire").delayed(&time), Vec::new(), Vec::new())
+                        (expiring.at(&time), Vec::new(), Vec::new())
                     };
                     if first.is_none() {
                         first = Some(cap.clone());
@@ -228,9 +228,7 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                                 out.extend(w.into_iter().filter(|c| c.expiry > time).map(|canceller| (Decision::Bound(Bind { canceller, target: d.clone() }), time, 1)));
                             }
                             kept_by_expiry.entry(d.expiry).or_default().push(d.event.clone());
-                            if expiring.as_ref().is_none_or(|e| *e.time() > d.expiry) {
-                                expiring = Some(cap.delayed(&d.expiry));
-                            }
+                            expiring.hold(d.expiry, || cap.delayed(&d.expiry));
                             out.push((Decision::Kept(d.clone()), time, 1));
                             duplicates -= 1;
                             kept.replace(ById(d.clone()));
@@ -261,10 +259,7 @@ impl<'scope> Dedup<'scope> for Updates<'scope, Delivery> {
                 }
                 deliveries.settle();
                 announcements.settle();
-                match (kept_by_expiry.first_key_value(), &mut expiring) {
-                    (Some((next, _)), Some(held)) => held.downgrade(next),
-                    _ => expiring = None,
-                }
+                expiring.settle(kept_by_expiry.first_key_value().map(|(t, _)| *t));
             }
         })
     }

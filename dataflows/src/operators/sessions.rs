@@ -31,7 +31,6 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
@@ -40,7 +39,7 @@ use crate::event::{Event, Text};
 use crate::dictionary::Dim;
 use crate::rows::{funnel_keys, key_of, sessionize_reusing, Dimension, FunnelAgg, FunnelKey, SessionEvent, SessionRow, SESSION_GAP_MS};
 use crate::time::{Granularity, Millis, Time};
-use crate::views::Pending;
+use crate::views::{Earliest, Pending};
 
 /// The `sessions` rows (key [`key_of`] the user id, the row shared with the operator's
 /// own copy of the user's sessions) as differential updates.
@@ -109,7 +108,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
             // Stashed by time behind a capability for the rows' output; `funnel_held` holds
             // the same time for the funnel's output.
             let mut pending: Pending<(Arc<Event>, isize)> = Pending::default();
-            let mut funnel_held: Option<Capability<Time>> = None;
+            let mut funnel_held = Earliest::default();
             let mut users: HashMap<Text, User> = HashMap::default();
             // Emptied at every time, kept for its room.
             let mut funnel = FunnelSums::default();
@@ -117,9 +116,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                 let frontier = &frontiers[0];
                 input.for_each(|cap, data| {
                     for (e, t, r) in data.drain(..) {
-                        if funnel_held.as_ref().is_none_or(|h| *h.time() > t) {
-                            funnel_held = Some(cap.delayed(&t, 1));
-                        }
+                        funnel_held.hold(t, || cap.delayed(&t, 1));
                         pending.push(&cap, t, (e, r));
                     }
                 });
@@ -130,7 +127,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                 let mut out: Vec<((u64, Arc<SessionRow>), Time, isize)> = Vec::new();
                 let mut funnel_out: Vec<(FunnelKey, Time, FunnelAgg)> = Vec::new();
                 while let Some((cap, time, mut changes)) = pending.pop_ready(|t| !frontier.less_equal(t)) {
-                    first.get_or_insert_with(|| (cap, funnel_held.as_ref().expect("held with the rows' capability").delayed(&time)));
+                    first.get_or_insert_with(|| (cap, funnel_held.at(&time)));
                     // The time's changes user by user: apply all of a user's, then sessionize
                     // the user (a count may dip below zero between two changes of one time;
                     // only the counts once all are applied matter).
@@ -178,10 +175,7 @@ impl<'scope> Sessions<'scope> for Stream<'scope, Time, Vec<(Arc<Event>, Time, is
                     funnel_output.activate().session(&funnel_cap).give_iterator(funnel_out.into_iter());
                 }
                 pending.settle();
-                match (pending.first_time(), &mut funnel_held) {
-                    (Some(first), Some(held)) => held.downgrade(&first),
-                    _ => funnel_held = None,
-                }
+                funnel_held.settle(pending.first_time());
             }
         });
         (rows, funnel_changes_out)

@@ -439,7 +439,10 @@ pub fn funnel_lower(values: &[Value]) -> Option<FunnelKey> {
     };
     // A value no row holds is not added to the dictionary: the least value (`""`) is a
     // lower bound too, and the scan's filter skips what lies before the asked one.
-    let value = values.get(3).map(text_value).map(|v| v.and_then(Dim::existing)).unwrap_or(None);
+    let value = match values.get(3) {
+        Some(v) => Dim::existing(text_value(v)?),
+        None => None,
+    };
     Some(FunnelKey { granularity, window_start, dimension, value: value.unwrap_or_else(|| Dim::new("")) })
 }
 
